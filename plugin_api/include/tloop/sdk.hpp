@@ -1,0 +1,497 @@
+// tloop C++ plugin SDK: a thin, header-only layer over tloop/plugin.h.
+//
+// A hook is a class deriving from tloop::Hook with
+//   static tloop::PluginInfo info();
+//   MyHook(tloop::Context& ctx, const tloop::Options& options);
+// and overriding the events it cares about. One line exports the library:
+//   TLOOP_PLUGIN_LIBRARY(tloop::hook<MyHook>())
+//
+// This header needs no LibTorch. Plugins that use tensors include
+// tloop/torch.hpp instead, which adds tensor conversion and tloop::Task.
+#pragma once
+
+#include <tloop/plugin.h>
+
+#include <cstdint>
+#include <exception>
+#include <map>
+#include <optional>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+// The LibTorch version a library reports. tloop/torch.hpp defines it; a
+// library that never touches a tensor reports none and loads under any LibTorch.
+#ifndef TLOOP_LIBRARY_TORCH_VERSION
+#define TLOOP_LIBRARY_TORCH_VERSION nullptr
+#endif
+
+namespace tloop {
+
+/// Thrown by plugin code to fail the current event with a message.
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// ------------------------------------------------------------------ option schema
+
+/// One option a plugin declares; `tloop describe` prints it and the host
+/// validates and defaults the spec against it before anything runs.
+struct OptionSpec {
+  std::string name;
+  tloop_value_type type = TLOOP_TYPE_STRING;
+  /// TOML literal of the default; std::nullopt means required; "" means
+  /// optional without a default (Options::has() tells whether it was given).
+  std::optional<std::string> default_literal;
+  std::string doc;
+  std::optional<double> min, max;
+  std::vector<std::string> choices;
+
+  OptionSpec& at_least(double v) { min = v; return *this; }
+  OptionSpec& at_most(double v) { max = v; return *this; }
+  OptionSpec& range(double lo, double hi) { min = lo; max = hi; return *this; }
+  OptionSpec& one_of(std::vector<std::string> values) { choices = std::move(values); return *this; }
+};
+
+namespace detail {
+inline std::string toml_quote(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\t': out += "\\t"; break;
+      default: out += c;
+    }
+  }
+  return out + "\"";
+}
+inline std::string double_literal(double v) {
+  std::string s;
+  for (int precision = 15; precision <= 17; ++precision) {  // the shortest text that reads back as v
+    std::ostringstream os;
+    os.precision(precision);
+    os << v;
+    s = os.str();
+    if (std::stod(s) == v) break;
+  }
+  if (s.find_first_of(".eEn") == std::string::npos) s += ".0";  // keep it a TOML float
+  return s;
+}
+}  // namespace detail
+
+inline OptionSpec option(std::string name, bool def, std::string doc) {
+  return {std::move(name), TLOOP_TYPE_BOOL, def ? "true" : "false", std::move(doc), {}, {}, {}};
+}
+inline OptionSpec option(std::string name, int def, std::string doc) {
+  return {std::move(name), TLOOP_TYPE_INT, std::to_string(def), std::move(doc), {}, {}, {}};
+}
+inline OptionSpec option(std::string name, int64_t def, std::string doc) {
+  return {std::move(name), TLOOP_TYPE_INT, std::to_string(def), std::move(doc), {}, {}, {}};
+}
+inline OptionSpec option(std::string name, double def, std::string doc) {
+  return {std::move(name), TLOOP_TYPE_DOUBLE, detail::double_literal(def), std::move(doc), {}, {}, {}};
+}
+inline OptionSpec option(std::string name, const char* def, std::string doc) {
+  return {std::move(name), TLOOP_TYPE_STRING, detail::toml_quote(def), std::move(doc), {}, {}, {}};
+}
+inline OptionSpec option(std::string name, std::string def, std::string doc) {
+  return option(std::move(name), def.c_str(), std::move(doc));
+}
+inline OptionSpec option(std::string name, std::vector<std::string> def, std::string doc) {
+  std::string lit = "[";
+  for (size_t i = 0; i < def.size(); ++i) lit += (i ? ", " : "") + detail::toml_quote(def[i]);
+  return {std::move(name), TLOOP_TYPE_STRING_LIST, lit + "]", std::move(doc), {}, {}, {}};
+}
+/// An option the spec must give.
+inline OptionSpec required(std::string name, tloop_value_type type, std::string doc) {
+  return {std::move(name), type, std::nullopt, std::move(doc), {}, {}, {}};
+}
+/// An option the spec may leave out, with no default (e.g. "no clipping").
+inline OptionSpec optional(std::string name, tloop_value_type type, std::string doc) {
+  return {std::move(name), type, std::string(), std::move(doc), {}, {}, {}};
+}
+
+/// What a plugin tells the host about itself.
+struct PluginInfo {
+  std::string name;
+  std::string version;
+  std::string description;
+  std::vector<OptionSpec> options;
+};
+
+// ------------------------------------------------------------------ host access
+
+/// A metric or image as plugins see it; images are borrowed views.
+using Metrics = std::vector<std::pair<std::string, double>>;
+
+struct ImageView {
+  std::string key;
+  int width = 0, height = 0, channels = 0;
+  int64_t row_stride = 0;
+  const uint8_t* pixels = nullptr;
+};
+
+/// The options given to a plugin's constructor (already validated and defaulted).
+class Options {
+ public:
+  Options(const tloop_context* ctx, const tloop_options* options) : api_(ctx->api), options_(options) {}
+
+  /// False for an optional option (declared with tloop::optional) the spec left out.
+  bool has(const char* name) const { return api_->option_is_set(options_, name) != 0; }
+  bool get_bool(const char* name) const {
+    int32_t v = 0;
+    check(api_->option_bool(options_, name, &v), name);
+    return v != 0;
+  }
+  int64_t get_int(const char* name) const {
+    int64_t v = 0;
+    check(api_->option_int(options_, name, &v), name);
+    return v;
+  }
+  double get_double(const char* name) const {
+    double v = 0;
+    check(api_->option_double(options_, name, &v), name);
+    return v;
+  }
+  std::string get_string(const char* name) const {
+    const char* v = nullptr;
+    check(api_->option_string(options_, name, &v), name);
+    return v;
+  }
+  std::vector<std::string> get_string_list(const char* name) const {
+    std::vector<std::string> out;
+    for (size_t i = 0;; ++i) {
+      const char* v = nullptr;
+      tloop_status st = api_->option_string_list(options_, name, i, &v);
+      if (st == TLOOP_NOT_FOUND) break;
+      check(st, name);
+      out.emplace_back(v);
+    }
+    return out;
+  }
+
+ private:
+  static void check(tloop_status st, const char* name) {
+    if (st != TLOOP_OK) throw Error(std::string("option '") + name + "' is missing or has another type");
+  }
+  const tloop_host_api* api_;
+  const tloop_options* options_;
+};
+
+/// The host, as a plugin sees it during one call.
+class Context {
+ public:
+  explicit Context(const tloop_context* ctx) : ctx_(ctx), api_(ctx->api), host_(ctx->host) {}
+
+  const tloop_context* raw() const { return ctx_; }
+  const tloop_host_api* api() const { return api_; }
+  tloop_host* host() const { return host_; }
+
+  int64_t step() const { return api_->step(host_); }
+  int64_t max_steps() const { return api_->max_steps(host_); }
+  int rank() const { return api_->rank(host_); }
+  int world_size() const { return api_->world_size(host_); }
+  uint64_t seed() const { return api_->seed(host_); }
+  std::string workspace() const { return api_->workspace(host_); }
+  std::string device() const { return api_->device(host_); }
+  std::string resolved_spec() const { return api_->resolved_spec(host_); }
+
+  void debug(const std::string& m) const { api_->log(host_, TLOOP_LOG_DEBUG, m.c_str()); }
+  void info(const std::string& m) const { api_->log(host_, TLOOP_LOG_INFO, m.c_str()); }
+  void warn(const std::string& m) const { api_->log(host_, TLOOP_LOG_WARN, m.c_str()); }
+  void error(const std::string& m) const { api_->log(host_, TLOOP_LOG_ERROR, m.c_str()); }
+
+  /// All values of a step-info key; empty when the key is absent.
+  std::vector<double> step_info(const std::string& key) const {
+    const double* v = nullptr;
+    size_t n = 0;
+    if (api_->step_info_get(host_, key.c_str(), &v, &n) != TLOOP_OK) return {};
+    return std::vector<double>(v, v + n);
+  }
+  /// Every step-info key with its values.
+  std::map<std::string, std::vector<double>> step_info() const {
+    std::map<std::string, std::vector<double>> out;
+    api_->step_info_visit(
+        host_,
+        [](void* user, const char* key, const double* v, size_t n) {
+          (*static_cast<std::map<std::string, std::vector<double>>*>(user))[key] = std::vector<double>(v, v + n);
+        },
+        &out);
+    return out;
+  }
+  void step_info_append(const std::string& key, double value) const {
+    api_->step_info_append(host_, key.c_str(), value);
+  }
+  void record(const std::string& key, double value) const { api_->record(host_, key.c_str(), value); }
+
+  void log(const Metrics& metrics) const {
+    std::vector<tloop_metric> raw;
+    raw.reserve(metrics.size());
+    for (const auto& [k, v] : metrics) raw.push_back({sizeof(tloop_metric), k.c_str(), v});
+    throw_if_failed(api_->log_metrics(host_, raw.data(), raw.size()));
+  }
+  void log_images(const std::vector<ImageView>& images) const {
+    std::vector<tloop_image> raw;
+    raw.reserve(images.size());
+    for (const auto& im : images)
+      raw.push_back({sizeof(tloop_image), im.key.c_str(), im.width, im.height, im.channels, im.row_stride, im.pixels});
+    throw_if_failed(api_->log_images(host_, raw.data(), raw.size()));
+  }
+
+  size_t param_group_count() const { return api_->param_group_count(host_); }
+  std::string param_group_name(size_t i) const { return api_->param_group_name(host_, i); }
+  double param_group_lr(size_t i) const { return api_->param_group_lr(host_, i); }
+
+ private:
+  // A failing log dispatch already carries the failing hook's message on the host.
+  static void throw_if_failed(tloop_status st) {
+    if (st != TLOOP_OK) throw Error("log dispatch failed");
+  }
+  const tloop_context* ctx_;
+  const tloop_host_api* api_;
+  tloop_host* host_;
+};
+
+/// A state dictionary being written.
+class StateWriter {
+ public:
+  StateWriter(const tloop_context* ctx, tloop_state* state) : api_(ctx->api), state_(state) {}
+  void put(const std::string& key, int64_t v) const { api_->state_put_int(state_, key.c_str(), v); }
+  void put(const std::string& key, int v) const { put(key, static_cast<int64_t>(v)); }
+  void put(const std::string& key, double v) const { api_->state_put_double(state_, key.c_str(), v); }
+  void put(const std::string& key, const std::string& v) const {
+    api_->state_put_string(state_, key.c_str(), v.c_str());
+  }
+  const tloop_host_api* api() const { return api_; }
+  tloop_state* raw() const { return state_; }
+
+ private:
+  const tloop_host_api* api_;
+  tloop_state* state_;
+};
+
+/// A state dictionary being read; getters return std::nullopt for a missing key.
+class StateReader {
+ public:
+  StateReader(const tloop_context* ctx, const tloop_state* state) : api_(ctx->api), state_(state) {}
+  std::optional<int64_t> get_int(const std::string& key) const {
+    int64_t v;
+    return api_->state_get_int(state_, key.c_str(), &v) == TLOOP_OK ? std::optional<int64_t>(v) : std::nullopt;
+  }
+  std::optional<double> get_double(const std::string& key) const {
+    double v;
+    return api_->state_get_double(state_, key.c_str(), &v) == TLOOP_OK ? std::optional<double>(v) : std::nullopt;
+  }
+  std::optional<std::string> get_string(const std::string& key) const {
+    const char* v;
+    return api_->state_get_string(state_, key.c_str(), &v) == TLOOP_OK ? std::optional<std::string>(v)
+                                                                       : std::nullopt;
+  }
+  const tloop_host_api* api() const { return api_; }
+  const tloop_state* raw() const { return state_; }
+
+ private:
+  const tloop_host_api* api_;
+  const tloop_state* state_;
+};
+
+// ------------------------------------------------------------------ hooks
+
+/// Base class of C++ hooks. Every event defaults to doing nothing.
+class Hook {
+ public:
+  virtual ~Hook() = default;
+  virtual void before_train(Context&) {}
+  virtual void before_step(Context&) {}
+  virtual void before_optimizer_step(Context&) {}
+  virtual void after_step(Context&) {}
+  virtual void after_train(Context&) {}
+  virtual void on_log(Context&, const Metrics&) {}
+  virtual void on_log_images(Context&, const std::vector<ImageView>&) {}
+  virtual void state_dict(Context&, StateWriter&) {}
+  virtual void load_state_dict(Context&, const StateReader&) {}
+};
+
+// ------------------------------------------------------------------ export machinery
+
+namespace detail {
+
+/// Runs `fn`, turning any exception into an error status with its message.
+template <class Fn>
+tloop_status guarded(const tloop_context* ctx, Fn&& fn) noexcept {
+  try {
+    fn();
+    return TLOOP_OK;
+  } catch (const std::exception& e) {
+    ctx->api->set_error(ctx->host, e.what());
+  } catch (...) {
+    ctx->api->set_error(ctx->host, "unknown exception");
+  }
+  return TLOOP_ERROR;
+}
+
+template <class T>
+tloop_status create(const tloop_context* c, const tloop_options* o, void** out) noexcept {
+  return guarded(c, [&] {
+    Context ctx(c);
+    Options opts(c, o);
+    *out = new T(ctx, opts);
+  });
+}
+template <class T>
+void destroy(void* self) noexcept {
+  try {
+    delete static_cast<T*>(self);
+  } catch (...) {  // a destructor must not take the host down
+  }
+}
+
+template <class T, void (Hook::*Event)(Context&)>
+tloop_status hook_event(void* self, const tloop_context* c) noexcept {
+  return guarded(c, [&] {
+    Context ctx(c);
+    (static_cast<T*>(self)->*Event)(ctx);
+  });
+}
+
+template <class T>
+struct HookAdapter {
+  static tloop_status on_log(void* self, const tloop_context* c, const tloop_metric* m, size_t n) noexcept {
+    return guarded(c, [&] {
+      Context ctx(c);
+      Metrics metrics;
+      metrics.reserve(n);
+      for (size_t i = 0; i < n; ++i) metrics.emplace_back(m[i].key, m[i].value);
+      static_cast<T*>(self)->on_log(ctx, metrics);
+    });
+  }
+  static tloop_status on_log_images(void* self, const tloop_context* c, const tloop_image* im, size_t n) noexcept {
+    return guarded(c, [&] {
+      Context ctx(c);
+      std::vector<ImageView> images;
+      images.reserve(n);
+      for (size_t i = 0; i < n; ++i)
+        images.push_back({im[i].key, im[i].width, im[i].height, im[i].channels, im[i].row_stride, im[i].pixels});
+      static_cast<T*>(self)->on_log_images(ctx, images);
+    });
+  }
+  static tloop_status state_dict(void* self, const tloop_context* c, tloop_state* s) noexcept {
+    return guarded(c, [&] {
+      Context ctx(c);
+      StateWriter w(c, s);
+      static_cast<T*>(self)->state_dict(ctx, w);
+    });
+  }
+  static tloop_status load_state_dict(void* self, const tloop_context* c, const tloop_state* s) noexcept {
+    return guarded(c, [&] {
+      Context ctx(c);
+      StateReader r(c, s);
+      static_cast<T*>(self)->load_state_dict(ctx, r);
+    });
+  }
+  static const tloop_hook_vtable* vtable() {
+    static const tloop_hook_vtable vt = {
+        sizeof(tloop_hook_vtable),
+        &create<T>,
+        &destroy<T>,
+        &hook_event<T, &Hook::before_train>,
+        &hook_event<T, &Hook::before_step>,
+        &hook_event<T, &Hook::before_optimizer_step>,
+        &hook_event<T, &Hook::after_step>,
+        &hook_event<T, &Hook::after_train>,
+        &on_log,
+        &on_log_images,
+        &state_dict,
+        &load_state_dict,
+    };
+    return &vt;
+  }
+};
+
+/// Owns the C strings and arrays behind one descriptor for the library's lifetime.
+struct DescriptorStorage {
+  PluginInfo info;
+  std::vector<tloop_option_desc> options;
+  tloop_plugin_descriptor desc{};
+
+  DescriptorStorage(PluginInfo i, tloop_plugin_kind kind, const tloop_hook_vtable* hook,
+                    const tloop_task_vtable* task)
+      : info(std::move(i)) {
+    for (const auto& o : info.options) {
+      tloop_option_desc d{};
+      d.struct_size = sizeof(d);
+      d.name = o.name.c_str();
+      d.type = o.type;
+      d.default_value = o.default_literal ? o.default_literal->c_str() : nullptr;
+      d.doc = o.doc.c_str();
+      d.has_min = o.min.has_value();
+      d.min = o.min.value_or(0.0);
+      d.has_max = o.max.has_value();
+      d.max = o.max.value_or(0.0);
+      options.push_back(d);
+    }
+    // choices are joined with '|' into strings that live in `joined_`.
+    joined_.reserve(info.options.size());
+    for (size_t i = 0; i < info.options.size(); ++i) {
+      std::string j;
+      for (const auto& c : info.options[i].choices) j += (j.empty() ? "" : "|") + c;
+      joined_.push_back(j);
+    }
+    for (size_t i = 0; i < options.size(); ++i)
+      options[i].choices = info.options[i].choices.empty() ? nullptr : joined_[i].c_str();
+    desc.struct_size = sizeof(desc);
+    desc.name = info.name.c_str();
+    desc.kind = kind;
+    desc.version = info.version.c_str();
+    desc.description = info.description.c_str();
+    desc.options = options.data();
+    desc.option_count = static_cast<uint32_t>(options.size());
+    desc.hook = hook;
+    desc.task = task;
+  }
+  DescriptorStorage(const DescriptorStorage&) = delete;
+  DescriptorStorage& operator=(const DescriptorStorage&) = delete;
+
+ private:
+  std::vector<std::string> joined_;
+};
+
+/// The library record returned by the entry point.
+struct LibraryStorage {
+  std::vector<const tloop_plugin_descriptor*> list;
+  tloop_library lib{};
+  LibraryStorage(const char* torch_version, std::vector<const tloop_plugin_descriptor*> plugins)
+      : list(std::move(plugins)) {
+    lib.struct_size = sizeof(lib);
+    lib.abi_major = TLOOP_ABI_VERSION_MAJOR;
+    lib.abi_minor = TLOOP_ABI_VERSION_MINOR;
+    lib.torch_version = torch_version;
+    lib.plugins = list.data();
+    lib.plugin_count = static_cast<uint32_t>(list.size());
+  }
+};
+
+}  // namespace detail
+
+/// The descriptor of hook class T (built once, lives as long as the library).
+template <class T>
+const tloop_plugin_descriptor* hook() {
+  static const detail::DescriptorStorage storage(T::info(), TLOOP_KIND_HOOK, detail::HookAdapter<T>::vtable(),
+                                                 nullptr);
+  return &storage.desc;
+}
+
+}  // namespace tloop
+
+/// Exports the library entry point listing the given descriptors, e.g.
+/// TLOOP_PLUGIN_LIBRARY(tloop::hook<A>(), tloop::task<B>()). Use once per library.
+#define TLOOP_PLUGIN_LIBRARY(...)                                                       \
+  extern "C" TLOOP_EXPORT const tloop_library* tloop_plugin_entry(void) {                \
+    static const ::tloop::detail::LibraryStorage storage(TLOOP_LIBRARY_TORCH_VERSION, {__VA_ARGS__}); \
+    return &storage.lib;                                                                  \
+  }

@@ -1,0 +1,144 @@
+// tloop C++ SDK for plugins that use tensors: tensor handles <-> at::Tensor,
+// and the tloop::Task base class. Including this header makes the library
+// report the LibTorch version it was built against; the host refuses to load
+// it under any other.
+#pragma once
+
+#include <torch/headeronly/version.h>
+
+#undef TLOOP_LIBRARY_TORCH_VERSION
+#define TLOOP_LIBRARY_TORCH_VERSION TORCH_VERSION
+
+#include <ATen/core/Tensor.h>
+#include <tloop/sdk.hpp>
+
+#include <optional>
+#include <string>
+
+namespace tloop {
+
+namespace detail {
+using TensorPtr = c10::intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
+}
+
+/// A NEW REFERENCE handle to `t` (nullptr for an undefined tensor).
+inline tloop_tensor new_handle(const at::Tensor& t) {
+  if (!t.defined()) return nullptr;
+  detail::TensorPtr owned = t.getIntrusivePtr();  // one more reference, handed over
+  return reinterpret_cast<tloop_tensor>(owned.release());
+}
+
+/// The tensor behind a BORROWED handle; the handle stays owned by the caller.
+inline at::Tensor from_borrowed(tloop_tensor h) {
+  if (h == nullptr) return at::Tensor();
+  return at::Tensor(detail::TensorPtr::reclaim_copy(reinterpret_cast<c10::TensorImpl*>(h)));
+}
+
+/// The tensor behind a NEW REFERENCE handle, taking over its reference.
+inline at::Tensor from_owned(tloop_tensor h) {
+  if (h == nullptr) return at::Tensor();
+  return at::Tensor(detail::TensorPtr::reclaim(reinterpret_cast<c10::TensorImpl*>(h)));
+}
+
+inline void register_parameter(Context& ctx, const std::string& name, const at::Tensor& t) {
+  if (ctx.api()->register_parameter(ctx.host(), name.c_str(), reinterpret_cast<tloop_tensor>(t.unsafeGetTensorImpl())) != TLOOP_OK)
+    throw Error("could not register parameter '" + name + "'");
+}
+inline void register_buffer(Context& ctx, const std::string& name, const at::Tensor& t) {
+  if (ctx.api()->register_buffer(ctx.host(), name.c_str(), reinterpret_cast<tloop_tensor>(t.unsafeGetTensorImpl())) != TLOOP_OK)
+    throw Error("could not register buffer '" + name + "'");
+}
+
+/// Registers every parameter and buffer of a torch::nn::Module (or anything
+/// with named_parameters() / named_buffers()) with the host.
+template <class Module>
+void register_module(Context& ctx, const Module& module, const std::string& prefix = "") {
+  for (const auto& p : module.named_parameters()) register_parameter(ctx, prefix + p.key(), p.value());
+  for (const auto& b : module.named_buffers()) register_buffer(ctx, prefix + b.key(), b.value());
+}
+
+inline void put_tensor(const StateWriter& w, const std::string& key, const at::Tensor& t) {
+  if (w.api()->state_put_tensor(w.raw(), key.c_str(), reinterpret_cast<tloop_tensor>(t.unsafeGetTensorImpl())) !=
+      TLOOP_OK)
+    throw Error("could not store tensor '" + key + "'");
+}
+inline std::optional<at::Tensor> get_tensor(const StateReader& r, const std::string& key) {
+  tloop_tensor h = nullptr;
+  if (r.api()->state_get_tensor(r.raw(), key.c_str(), &h) != TLOOP_OK) return std::nullopt;
+  return from_borrowed(h);
+}
+
+/// Base class of C++ tasks: the model, the data and the loss.
+class Task {
+ public:
+  virtual ~Task() = default;
+  /// Builds the model on ctx.device() and registers it (register_module).
+  virtual void setup(Context& ctx) = 0;
+  /// Makes the next micro-batch current; the host times this as data time.
+  virtual void next_batch(Context& ctx) = 0;
+  /// The loss of the current micro-batch, or std::nullopt to skip backward.
+  /// Runs under the host's autocast; records go through ctx.record().
+  virtual std::optional<at::Tensor> forward(Context& ctx) = 0;
+  virtual void state_dict(Context&, StateWriter&) {}
+  virtual void load_state_dict(Context&, const StateReader&) {}
+};
+
+namespace detail {
+template <class T>
+struct TaskAdapter {
+  static tloop_status setup(void* self, const tloop_context* c) noexcept {
+    return guarded(c, [&] {
+      Context ctx(c);
+      static_cast<T*>(self)->setup(ctx);
+    });
+  }
+  static tloop_status next_batch(void* self, const tloop_context* c) noexcept {
+    return guarded(c, [&] {
+      Context ctx(c);
+      static_cast<T*>(self)->next_batch(ctx);
+    });
+  }
+  static tloop_status forward(void* self, const tloop_context* c, tloop_tensor* out) noexcept {
+    *out = nullptr;
+    return guarded(c, [&] {
+      Context ctx(c);
+      std::optional<at::Tensor> loss = static_cast<T*>(self)->forward(ctx);
+      if (loss) {
+        if (!loss->defined()) throw Error("forward returned an undefined tensor");
+        *out = new_handle(*loss);
+      }
+    });
+  }
+  static tloop_status state_dict(void* self, const tloop_context* c, tloop_state* s) noexcept {
+    return guarded(c, [&] {
+      Context ctx(c);
+      StateWriter w(c, s);
+      static_cast<T*>(self)->state_dict(ctx, w);
+    });
+  }
+  static tloop_status load_state_dict(void* self, const tloop_context* c, const tloop_state* s) noexcept {
+    return guarded(c, [&] {
+      Context ctx(c);
+      StateReader r(c, s);
+      static_cast<T*>(self)->load_state_dict(ctx, r);
+    });
+  }
+  static const tloop_task_vtable* vtable() {
+    static const tloop_task_vtable vt = {
+        sizeof(tloop_task_vtable), &create<T>, &destroy<T>, &setup, &next_batch, &forward, &state_dict,
+        &load_state_dict,
+    };
+    return &vt;
+  }
+};
+}  // namespace detail
+
+/// The descriptor of task class T.
+template <class T>
+const tloop_plugin_descriptor* task() {
+  static const detail::DescriptorStorage storage(T::info(), TLOOP_KIND_TASK, nullptr,
+                                                 detail::TaskAdapter<T>::vtable());
+  return &storage.desc;
+}
+
+}  // namespace tloop

@@ -1,0 +1,161 @@
+// tloop: the command-line interface.
+//   tloop run SPEC [--set k=v]...     train
+//   tloop validate SPEC [--set k=v]... check a spec without running it
+//   tloop plugins                      list the plugins found
+//   tloop describe PLUGIN              a plugin's options
+// Exit codes: 0 success, 2 bad input, 1 training failure, 128+N after signal N.
+#include "../log.h"
+#include "../run.h"
+#include "../signals.h"
+#include "../text.h"
+
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <iostream>
+
+namespace {
+
+constexpr int kBadInput = 2;
+constexpr int kTrainingFailed = 1;
+
+std::string type_name(tloop_value_type t) {
+  switch (t) {
+    case TLOOP_TYPE_BOOL: return "bool";
+    case TLOOP_TYPE_INT: return "int";
+    case TLOOP_TYPE_DOUBLE: return "float";
+    case TLOOP_TYPE_STRING: return "string";
+    case TLOOP_TYPE_STRING_LIST: return "list of strings";
+  }
+  return "?";
+}
+
+int list_plugins(const std::vector<std::string>& extra_dirs) {
+  tloop::Catalog catalog;
+  std::vector<std::filesystem::path> dirs = tloop::default_plugin_dirs();
+  for (const auto& d : extra_dirs) dirs.emplace_back(d);
+  const auto problems = catalog.scan(dirs);
+  std::printf("%-20s %-5s %-9s %s\n", "NAME", "KIND", "VERSION", "FILE");
+  for (const auto* p : catalog.plugins())
+    std::printf("%-20s %-5s %-9s %s\n", p->name.c_str(), tloop::kind_name(p->kind), p->version.c_str(),
+                p->file.c_str());
+  if (catalog.plugins().empty()) std::printf("(no plugins found; searched %zu directories)\n", dirs.size());
+  for (const auto& problem : problems) tloop::log::error(problem);
+  return problems.empty() ? 0 : kBadInput;
+}
+
+int describe(const std::string& name, const std::vector<std::string>& extra_dirs) {
+  const tloop::Catalog catalog = tloop::load_catalog(extra_dirs);
+  const tloop::LoadedPlugin* p = catalog.find(name);
+  if (p == nullptr) {
+    std::vector<std::string> names = catalog.names(TLOOP_KIND_HOOK);
+    for (const auto& t : catalog.names(TLOOP_KIND_TASK)) names.push_back(t);
+    std::string msg = "no plugin named '" + name + "'";
+    const std::string suggestion = tloop::closest_match(name, names);
+    if (!suggestion.empty()) msg += "; did you mean '" + suggestion + "'?";
+    tloop::log::error(msg + " (see `tloop plugins`)");
+    return kBadInput;
+  }
+  std::printf("%s %s (%s plugin)\n  %s\n  file: %s\n\n", p->name.c_str(), p->version.c_str(),
+              tloop::kind_name(p->kind), p->description.c_str(), p->file.c_str());
+  if (p->schema.empty()) {
+    std::printf("options: none\n");
+    return 0;
+  }
+  std::printf("options:\n");
+  for (const auto& o : p->schema) {
+    std::string dflt = !o.default_literal ? "required" : o.default_literal->empty() ? "optional, no default"
+                                                                                     : "default " + *o.default_literal;
+    std::string constraint;
+    if (o.min && o.max)
+      constraint = tloop::str(", ", *o.min, " to ", *o.max);
+    else if (o.min)
+      constraint = tloop::str(", >= ", *o.min);
+    else if (o.max)
+      constraint = tloop::str(", <= ", *o.max);
+    if (!o.choices.empty()) constraint += ", one of " + tloop::join(o.choices, " | ");
+    std::printf("  %-24s %s (%s%s)\n  %-24s   %s\n", o.name.c_str(), type_name(o.type).c_str(), dflt.c_str(),
+                constraint.c_str(), "", o.doc.c_str());
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"tloop: a C++ training runtime on LibTorch with plugin hooks and tasks"};
+  app.require_subcommand(1);
+  std::string level = "info";
+  app.add_option("--log-level", level, "debug | info | warn | error | off")->capture_default_str();
+
+  tloop::RunOptions run_options;
+  auto* run = app.add_subcommand("run", "Train from a TOML run spec");
+  run->add_option("spec", run_options.spec_file, "the run spec (TOML)")->required();
+  run->add_option("--set", run_options.overrides, "override a spec value: key.path=value (repeatable)");
+
+  tloop::RunOptions validate_options;
+  bool print_resolved = false;
+  auto* validate = app.add_subcommand("validate", "Check a run spec and the plugins it names, without running");
+  validate->add_option("spec", validate_options.spec_file, "the run spec (TOML)")->required();
+  validate->add_option("--set", validate_options.overrides, "override a spec value: key.path=value (repeatable)");
+  validate->add_flag("--print", print_resolved, "print the resolved spec (defaults filled)");
+
+  std::vector<std::string> plugin_dirs;
+  auto* plugins = app.add_subcommand("plugins", "List the plugins found on the plugin path");
+  plugins->add_option("--path", plugin_dirs, "extra plugin directory (repeatable)");
+
+  std::string plugin_name;
+  auto* describe_cmd = app.add_subcommand("describe", "Show a plugin's options, types, defaults and docs");
+  describe_cmd->add_option("plugin", plugin_name, "plugin name")->required();
+  describe_cmd->add_option("--path", plugin_dirs, "extra plugin directory (repeatable)");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);
+    return code == 0 ? 0 : kBadInput;
+  }
+  const auto parsed_level = tloop::log::parse_level(level);
+  if (!parsed_level) {
+    std::cerr << "--log-level: unknown level '" << level << "' (debug, info, warn, error, off)\n";
+    return kBadInput;
+  }
+  tloop::log::set_level(*parsed_level);
+
+  int code = 0;
+  try {
+    if (*run) {
+      tloop::install_signal_handlers();
+      auto r = tloop::Run::prepare(run_options);
+      r->execute();
+      std::cout << r->summary() << std::endl;
+      tloop::log::debug(r->summary());  // into the log file; the terminal has it on stdout
+    } else if (*validate) {
+      auto r = tloop::Run::prepare(validate_options);
+      if (print_resolved) std::cout << tloop::to_toml(r->spec().resolved);
+      std::cout << validate_options.spec_file << ": OK (task " << r->spec().task.plugin << ", "
+                << r->spec().hooks.size() << " hooks, " << r->spec().max_steps << " steps)" << std::endl;
+    } else if (*plugins) {
+      code = list_plugins(plugin_dirs);
+    } else if (*describe_cmd) {
+      code = describe(plugin_name, plugin_dirs);
+    }
+  } catch (const tloop::SpecError& e) {
+    for (const auto& p : e.problems()) tloop::log::error(p);
+    code = kBadInput;
+  } catch (const tloop::PluginLoadError& e) {
+    tloop::log::error(e.what());
+    code = kBadInput;
+  } catch (const tloop::PluginCreateError& e) {
+    tloop::log::error(e.what());
+    code = kBadInput;
+  } catch (const tloop::Interrupted& e) {
+    tloop::log::warn(e.what());
+    code = 128 + e.signal();
+  } catch (const std::exception& e) {
+    tloop::log::error(std::string("training failed: ") + e.what());
+    code = kTrainingFailed;
+  }
+  tloop::log::flush();
+  return code;
+}

@@ -1,0 +1,422 @@
+#include "host.h"
+
+#include "log.h"
+#include "text.h"
+
+#include <c10/core/TensorImpl.h>
+
+#include <cstring>
+
+#define TLOOP_VT(vt, type, member) (TLOOP_HAS_MEMBER(vt, type, member) ? (vt)->member : nullptr)
+
+namespace tloop {
+namespace {
+
+using TensorPtr = c10::intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
+
+at::Tensor borrowed(tloop_tensor h) {
+  return at::Tensor(TensorPtr::reclaim_copy(reinterpret_cast<c10::TensorImpl*>(h)));
+}
+tloop_tensor raw(const at::Tensor& t) { return reinterpret_cast<tloop_tensor>(t.unsafeGetTensorImpl()); }
+
+Host& H(tloop_host* h) { return *reinterpret_cast<Host*>(h); }
+
+const toml::node* option_node(const tloop_options* o, const char* name) {
+  return o && o->table && name ? o->table->get(name) : nullptr;
+}
+
+std::string state_key(const tloop_state* s, const char* key) { return s->prefix + key; }
+
+template <class T>
+tloop_status state_get(const tloop_state* s, const char* key, T* out) {
+  const StateDict& d = s->read ? *s->read : *s->dict;
+  auto it = d.find(state_key(s, key));
+  if (it == d.end()) return TLOOP_NOT_FOUND;
+  const T* v = std::get_if<T>(&it->second);
+  if (v == nullptr) return TLOOP_TYPE_MISMATCH;
+  *out = *v;
+  return TLOOP_OK;
+}
+
+template <class T>
+tloop_status state_put(tloop_state* s, const char* key, T value) {
+  if (s->dict == nullptr || key == nullptr) return TLOOP_INVALID_ARGUMENT;
+  (*s->dict)[state_key(s, key)] = std::move(value);
+  return TLOOP_OK;
+}
+
+}  // namespace
+
+// The function table plugins call. Every function catches everything: no
+// exception may cross into plugin code.
+struct HostApi {
+  static void set_error(tloop_host* h, const char* m) { H(h).error_ = m ? m : "(no message)"; }
+  static void log(tloop_host*, tloop_log_level level, const char* m) {
+    try {
+      log::write(level == TLOOP_LOG_DEBUG  ? log::Level::debug
+                 : level == TLOOP_LOG_INFO ? log::Level::info
+                 : level == TLOOP_LOG_WARN ? log::Level::warn
+                                           : log::Level::error,
+                 m ? m : "");
+    } catch (...) {
+    }
+  }
+  static int64_t step(tloop_host* h) { return H(h).step_; }
+  static int64_t max_steps(tloop_host* h) { return H(h).info_.max_steps; }
+  static int32_t rank(tloop_host* h) { return H(h).info_.rank; }
+  static int32_t world_size(tloop_host* h) { return H(h).info_.world_size; }
+  static uint64_t seed(tloop_host* h) { return H(h).info_.seed; }
+  static const char* workspace(tloop_host* h) { return H(h).info_.workspace.c_str(); }
+  static const char* device(tloop_host* h) { return H(h).info_.device.c_str(); }
+  static const char* resolved_spec(tloop_host* h) { return H(h).info_.resolved_spec.c_str(); }
+
+  static int32_t option_is_set(const tloop_options* o, const char* name) { return option_node(o, name) != nullptr; }
+  static tloop_status option_bool(const tloop_options* o, const char* name, int32_t* out) {
+    const toml::node* n = option_node(o, name);
+    if (!n) return TLOOP_NOT_FOUND;
+    if (!n->is_boolean()) return TLOOP_TYPE_MISMATCH;
+    *out = n->as_boolean()->get() ? 1 : 0;
+    return TLOOP_OK;
+  }
+  static tloop_status option_int(const tloop_options* o, const char* name, int64_t* out) {
+    const toml::node* n = option_node(o, name);
+    if (!n) return TLOOP_NOT_FOUND;
+    if (!n->is_integer()) return TLOOP_TYPE_MISMATCH;
+    *out = n->as_integer()->get();
+    return TLOOP_OK;
+  }
+  static tloop_status option_double(const tloop_options* o, const char* name, double* out) {
+    const toml::node* n = option_node(o, name);
+    if (!n) return TLOOP_NOT_FOUND;
+    if (!n->is_number()) return TLOOP_TYPE_MISMATCH;
+    *out = n->is_integer() ? static_cast<double>(n->as_integer()->get()) : n->as_floating_point()->get();
+    return TLOOP_OK;
+  }
+  static tloop_status option_string(const tloop_options* o, const char* name, const char** out) {
+    const toml::node* n = option_node(o, name);
+    if (!n) return TLOOP_NOT_FOUND;
+    if (!n->is_string()) return TLOOP_TYPE_MISMATCH;
+    *out = n->as_string()->get().c_str();
+    return TLOOP_OK;
+  }
+  static tloop_status option_string_list(const tloop_options* o, const char* name, size_t index, const char** out) {
+    const toml::node* n = option_node(o, name);
+    if (!n) return TLOOP_NOT_FOUND;
+    const toml::array* a = n->as_array();
+    if (!a) return TLOOP_TYPE_MISMATCH;
+    if (index >= a->size()) return TLOOP_NOT_FOUND;
+    const toml::node* e = a->get(index);
+    if (!e->is_string()) return TLOOP_TYPE_MISMATCH;
+    *out = e->as_string()->get().c_str();
+    return TLOOP_OK;
+  }
+
+  static tloop_status step_info_get(tloop_host* h, const char* key, const double** values, size_t* count) {
+    if (!key) return TLOOP_INVALID_ARGUMENT;
+    auto& info = H(h).step_info_;
+    auto it = info.find(key);
+    if (it == info.end()) return TLOOP_NOT_FOUND;
+    *values = it->second.data();
+    *count = it->second.size();
+    return TLOOP_OK;
+  }
+  static void step_info_append(tloop_host* h, const char* key, double v) {
+    try {
+      if (key) H(h).step_info_[key].push_back(v);
+    } catch (...) {
+    }
+  }
+  static void step_info_visit(tloop_host* h, tloop_step_info_visitor visit, void* user) {
+    for (const auto& [k, v] : H(h).step_info_) visit(user, k.c_str(), v.data(), v.size());
+  }
+  static void record(tloop_host* h, const char* key, double v) {
+    try {
+      if (key) H(h).micro_records_.emplace_back(key, v);
+    } catch (...) {
+    }
+  }
+
+  static tloop_status log_metrics(tloop_host* h, const tloop_metric* m, size_t n) {
+    try {
+      Metrics metrics;
+      for (size_t i = 0; i < n; ++i) metrics.emplace_back(m[i].key ? m[i].key : "", m[i].value);
+      H(h).log_metrics(metrics);
+      return TLOOP_OK;
+    } catch (const std::exception& e) {
+      H(h).error_ = e.what();
+      return TLOOP_ERROR;
+    }
+  }
+  static tloop_status log_images(tloop_host* h, const tloop_image* images, size_t n) {
+    try {
+      H(h).log_images(images, n);
+      return TLOOP_OK;
+    } catch (const std::exception& e) {
+      H(h).error_ = e.what();
+      return TLOOP_ERROR;
+    }
+  }
+
+  static void visit_parameters(tloop_host* h, tloop_tensor_visitor visit, void* user) {
+    for (const auto& [k, t] : H(h).parameters_) visit(user, k.c_str(), raw(t));
+  }
+  static void visit_buffers(tloop_host* h, tloop_tensor_visitor visit, void* user) {
+    for (const auto& [k, t] : H(h).buffers_) visit(user, k.c_str(), raw(t));
+  }
+  static size_t param_group_count(tloop_host* h) {
+    return H(h).param_groups_ ? H(h).param_groups_->count() : 0;
+  }
+  static const char* param_group_name(tloop_host* h, size_t g) {
+    const ParamGroups* groups = H(h).param_groups_;
+    return groups && g < groups->count() ? groups->name(g).c_str() : "";
+  }
+  static double param_group_lr(tloop_host* h, size_t g) {
+    const ParamGroups* groups = H(h).param_groups_;
+    return groups && g < groups->count() ? groups->lr(g) : 0.0;
+  }
+  static tloop_status register_tensor(tloop_host* h, const char* name, tloop_tensor t, bool buffer) {
+    try {
+      if (!name || !t) throw std::invalid_argument("register needs a name and a tensor");
+      H(h).add_tensor(name, borrowed(t), buffer);
+      return TLOOP_OK;
+    } catch (const std::exception& e) {
+      H(h).error_ = e.what();
+      return TLOOP_INVALID_ARGUMENT;
+    }
+  }
+  static tloop_status register_parameter(tloop_host* h, const char* name, tloop_tensor t) {
+    return register_tensor(h, name, t, false);
+  }
+  static tloop_status register_buffer(tloop_host* h, const char* name, tloop_tensor t) {
+    return register_tensor(h, name, t, true);
+  }
+  static tloop_tensor tensor_retain(tloop_tensor t) {
+    if (!t) return nullptr;
+    return reinterpret_cast<tloop_tensor>(TensorPtr::reclaim_copy(reinterpret_cast<c10::TensorImpl*>(t)).release());
+  }
+  static void tensor_release(tloop_tensor t) {
+    if (t) TensorPtr::reclaim(reinterpret_cast<c10::TensorImpl*>(t));  // dropped here
+  }
+
+  static tloop_status state_put_tensor(tloop_state* s, const char* key, tloop_tensor t) {
+    if (!t) return TLOOP_INVALID_ARGUMENT;
+    try {
+      return state_put<StateValue>(s, key, borrowed(t));
+    } catch (...) {
+      return TLOOP_ERROR;
+    }
+  }
+  static tloop_status state_put_int(tloop_state* s, const char* key, int64_t v) {
+    try {
+      return state_put<StateValue>(s, key, v);
+    } catch (...) {
+      return TLOOP_ERROR;
+    }
+  }
+  static tloop_status state_put_double(tloop_state* s, const char* key, double v) {
+    try {
+      return state_put<StateValue>(s, key, v);
+    } catch (...) {
+      return TLOOP_ERROR;
+    }
+  }
+  static tloop_status state_put_string(tloop_state* s, const char* key, const char* v) {
+    if (!v) return TLOOP_INVALID_ARGUMENT;
+    try {
+      return state_put<StateValue>(s, key, std::string(v));
+    } catch (...) {
+      return TLOOP_ERROR;
+    }
+  }
+  static tloop_status state_get_tensor(const tloop_state* s, const char* key, tloop_tensor* out) {
+    const StateDict& d = s->read ? *s->read : *s->dict;
+    auto it = d.find(state_key(s, key));
+    if (it == d.end()) return TLOOP_NOT_FOUND;
+    const at::Tensor* t = std::get_if<at::Tensor>(&it->second);
+    if (!t) return TLOOP_TYPE_MISMATCH;
+    *out = raw(*t);
+    return TLOOP_OK;
+  }
+  static tloop_status state_get_int(const tloop_state* s, const char* key, int64_t* out) {
+    return state_get(s, key, out);
+  }
+  static tloop_status state_get_double(const tloop_state* s, const char* key, double* out) {
+    return state_get(s, key, out);
+  }
+  static tloop_status state_get_string(const tloop_state* s, const char* key, const char** out) {
+    const StateDict& d = s->read ? *s->read : *s->dict;
+    auto it = d.find(state_key(s, key));
+    if (it == d.end()) return TLOOP_NOT_FOUND;
+    const std::string* v = std::get_if<std::string>(&it->second);
+    if (!v) return TLOOP_TYPE_MISMATCH;
+    *out = v->c_str();
+    return TLOOP_OK;
+  }
+
+  static const tloop_host_api* table() {
+    static const tloop_host_api api = {
+        sizeof(tloop_host_api),
+        &set_error,
+        &log,
+        &step,
+        &max_steps,
+        &rank,
+        &world_size,
+        &seed,
+        &workspace,
+        &device,
+        &resolved_spec,
+        &option_is_set,
+        &option_bool,
+        &option_int,
+        &option_double,
+        &option_string,
+        &option_string_list,
+        &step_info_get,
+        &step_info_append,
+        &step_info_visit,
+        &record,
+        &log_metrics,
+        &log_images,
+        &visit_parameters,
+        &visit_buffers,
+        &param_group_count,
+        &param_group_name,
+        &param_group_lr,
+        &register_parameter,
+        &register_buffer,
+        &tensor_retain,
+        &tensor_release,
+        &state_put_tensor,
+        &state_put_int,
+        &state_put_double,
+        &state_put_string,
+        &state_get_tensor,
+        &state_get_int,
+        &state_get_double,
+        &state_get_string,
+    };
+    return &api;
+  }
+};
+
+Host::Host(RunInfo info)
+    : info_(std::move(info)),
+      context_{sizeof(tloop_context), HostApi::table(), reinterpret_cast<tloop_host*>(this)} {}
+
+std::string Host::take_error() {
+  std::string e = error_.empty() ? "(the plugin gave no message)" : error_;
+  error_.clear();
+  return e;
+}
+
+void Host::add_tensor(const std::string& name, const at::Tensor& t, bool is_buffer) {
+  if (!registration_open_) throw std::logic_error("tensors can only be registered during setup");
+  if (!t.defined()) throw std::invalid_argument("'" + name + "' is an undefined tensor");
+  for (const auto* list : {&parameters_, &buffers_})
+    for (const auto& [existing, _] : *list)
+      if (existing == name) throw std::invalid_argument("'" + name + "' is registered twice");
+  (is_buffer ? buffers_ : parameters_).emplace_back(name, t);
+}
+
+void Host::log_metrics(const Metrics& metrics) {
+  if (dispatching_) throw std::logic_error("log called from inside on_log or on_log_images");
+  dispatching_ = true;
+  struct Reset {
+    bool& flag;
+    ~Reset() { flag = false; }
+  } reset{dispatching_};
+  for (const auto& sink : sinks_) sink(step_, metrics);
+  if (!hooks_) return;
+  std::vector<tloop_metric> raw_metrics;
+  raw_metrics.reserve(metrics.size());
+  for (const auto& [k, v] : metrics) raw_metrics.push_back({sizeof(tloop_metric), k.c_str(), v});
+  for (const auto& hook : *hooks_) hook->on_log(raw_metrics.data(), raw_metrics.size());
+}
+
+void Host::log_images(const tloop_image* images, size_t count) {
+  if (dispatching_) throw std::logic_error("log_images called from inside on_log or on_log_images");
+  for (size_t i = 0; i < count; ++i) {
+    const tloop_image& im = images[i];
+    if (!im.key || !im.pixels || im.width <= 0 || im.height <= 0 ||
+        (im.channels != 1 && im.channels != 3 && im.channels != 4) ||
+        im.row_stride < static_cast<int64_t>(im.width) * im.channels)
+      throw std::invalid_argument(str("log_images: image ", i, " ('", im.key ? im.key : "", "') is malformed"));
+  }
+  if (!hooks_) return;
+  dispatching_ = true;
+  struct Reset {
+    bool& flag;
+    ~Reset() { flag = false; }
+  } reset{dispatching_};
+  for (const auto& hook : *hooks_) hook->on_log_images(images, count);
+}
+
+// ------------------------------------------------------------------ instances
+
+PluginInstance::PluginInstance(const LoadedPlugin& plugin, Host& host, const toml::table& options, std::string label)
+    : plugin_(plugin), host_(host), label_(std::move(label)) {
+  tloop_options opts{&options};
+  auto create = plugin.kind == TLOOP_KIND_HOOK ? plugin.descriptor->hook->create : plugin.descriptor->task->create;
+  if (create(host.context(), &opts, &self_) != TLOOP_OK || self_ == nullptr)
+    throw PluginCreateError(label_ + " could not be created: " + host.take_error());
+}
+
+PluginInstance::~PluginInstance() {
+  if (!self_) return;
+  if (plugin_.kind == TLOOP_KIND_HOOK)
+    plugin_.descriptor->hook->destroy(self_);
+  else
+    plugin_.descriptor->task->destroy(self_);
+}
+
+void PluginInstance::fail(const char* event) {
+  throw PluginError(label_ + " failed in " + event + ": " + host_.take_error());
+}
+
+HookInstance::HookInstance(const LoadedPlugin& plugin, Host& host, const toml::table& options, std::string label)
+    : PluginInstance(plugin, host, options, std::move(label)), vt_(plugin.descriptor->hook) {}
+
+void HookInstance::before_train() { call("before_train", TLOOP_VT(vt_, tloop_hook_vtable, before_train)); }
+void HookInstance::before_step() { call("before_step", TLOOP_VT(vt_, tloop_hook_vtable, before_step)); }
+void HookInstance::before_optimizer_step() {
+  call("before_optimizer_step", TLOOP_VT(vt_, tloop_hook_vtable, before_optimizer_step));
+}
+void HookInstance::after_step() { call("after_step", TLOOP_VT(vt_, tloop_hook_vtable, after_step)); }
+void HookInstance::after_train() { call("after_train", TLOOP_VT(vt_, tloop_hook_vtable, after_train)); }
+void HookInstance::on_log(const tloop_metric* metrics, size_t count) {
+  call("on_log", TLOOP_VT(vt_, tloop_hook_vtable, on_log), metrics, count);
+}
+void HookInstance::on_log_images(const tloop_image* images, size_t count) {
+  call("on_log_images", TLOOP_VT(vt_, tloop_hook_vtable, on_log_images), images, count);
+}
+void HookInstance::state_dict(StateDict& out, const std::string& prefix) {
+  tloop_state s{&out, nullptr, prefix};
+  call("state_dict", TLOOP_VT(vt_, tloop_hook_vtable, state_dict), &s);
+}
+void HookInstance::load_state_dict(const StateDict& in, const std::string& prefix) {
+  tloop_state s{nullptr, &in, prefix};
+  call("load_state_dict", TLOOP_VT(vt_, tloop_hook_vtable, load_state_dict), static_cast<const tloop_state*>(&s));
+}
+
+TaskInstance::TaskInstance(const LoadedPlugin& plugin, Host& host, const toml::table& options, std::string label)
+    : PluginInstance(plugin, host, options, std::move(label)), vt_(plugin.descriptor->task) {}
+
+void TaskInstance::setup() { call("setup", vt_->setup); }
+void TaskInstance::next_batch() { call("next_batch", vt_->next_batch); }
+std::optional<at::Tensor> TaskInstance::forward() {
+  tloop_tensor loss = nullptr;
+  call("forward", vt_->forward, &loss);
+  if (loss == nullptr) return std::nullopt;
+  return at::Tensor(TensorPtr::reclaim(reinterpret_cast<c10::TensorImpl*>(loss)));
+}
+void TaskInstance::state_dict(StateDict& out, const std::string& prefix) {
+  tloop_state s{&out, nullptr, prefix};
+  call("state_dict", TLOOP_VT(vt_, tloop_task_vtable, state_dict), &s);
+}
+void TaskInstance::load_state_dict(const StateDict& in, const std::string& prefix) {
+  tloop_state s{nullptr, &in, prefix};
+  call("load_state_dict", TLOOP_VT(vt_, tloop_task_vtable, load_state_dict), static_cast<const tloop_state*>(&s));
+}
+
+}  // namespace tloop

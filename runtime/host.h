@@ -1,0 +1,184 @@
+// The host side of the plugin ABI: the tloop_host behind every context, the
+// function table plugins call, and the instances that wrap plugin calls.
+#pragma once
+
+#include "plugin_loader.h"
+
+#include <ATen/core/Tensor.h>
+#include <tloop/plugin.h>
+#include <toml++/toml.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace tloop {
+
+/// A plugin failed an event; the message names the plugin and the event.
+class PluginError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// A plugin refused its options when created: bad input, like a spec error.
+class PluginCreateError : public PluginError {
+ public:
+  using PluginError::PluginError;
+};
+
+using StateValue = std::variant<at::Tensor, int64_t, double, std::string>;
+/// A flat state dictionary: '/'-separated keys ("hooks/ema/ema_model/weight").
+using StateDict = std::map<std::string, StateValue>;
+
+struct RunInfo {
+  int64_t max_steps = 0;
+  int32_t rank = 0;
+  int32_t world_size = 1;
+  uint64_t seed = 0;
+  std::string workspace;  // absolute
+  std::string device;     // "cpu", "cuda:0"
+  std::string resolved_spec;
+};
+
+/// Learning rates by param group, as the optimizer holds them.
+class ParamGroups {
+ public:
+  virtual ~ParamGroups() = default;
+  virtual size_t count() const = 0;
+  virtual const std::string& name(size_t group) const = 0;
+  virtual double lr(size_t group) const = 0;
+};
+
+using Metrics = std::vector<std::pair<std::string, double>>;
+using StepInfo = std::map<std::string, std::vector<double>>;
+using MetricsSink = std::function<void(int64_t step, const Metrics&)>;
+
+class HookInstance;
+
+class Host {
+ public:
+  explicit Host(RunInfo info);
+  Host(const Host&) = delete;
+  Host& operator=(const Host&) = delete;
+
+  const tloop_context* context() const { return &context_; }
+  const RunInfo& info() const { return info_; }
+
+  int64_t step() const { return step_; }
+  void set_step(int64_t step) { step_ = step; }
+
+  StepInfo& step_info() { return step_info_; }
+  /// Records of the current micro-step, in the order the task gave them.
+  Metrics& micro_records() { return micro_records_; }
+
+  const std::vector<std::pair<std::string, at::Tensor>>& parameters() const { return parameters_; }
+  const std::vector<std::pair<std::string, at::Tensor>>& buffers() const { return buffers_; }
+  /// Called by the task during setup only.
+  void add_tensor(const std::string& name, const at::Tensor& t, bool is_buffer);
+  void close_registration() { registration_open_ = false; }
+
+  void set_param_groups(const ParamGroups* groups) { param_groups_ = groups; }
+  const ParamGroups* param_groups() const { return param_groups_; }
+
+  /// Hooks that receive log / log_images, in spec order.
+  void set_hooks(const std::vector<std::unique_ptr<HookInstance>>* hooks) { hooks_ = hooks; }
+  /// Built-in receivers of every log call (e.g. metrics.jsonl).
+  void add_metrics_sink(MetricsSink sink) { sinks_.push_back(std::move(sink)); }
+  void log_metrics(const Metrics& metrics);
+  void log_images(const tloop_image* images, size_t count);
+
+  void set_error(std::string message) { error_ = std::move(message); }
+  std::string take_error();
+
+ private:
+  RunInfo info_;
+  tloop_context context_;
+  int64_t step_ = 0;
+  StepInfo step_info_;
+  Metrics micro_records_;
+  std::vector<std::pair<std::string, at::Tensor>> parameters_, buffers_;
+  bool registration_open_ = true;
+  const ParamGroups* param_groups_ = nullptr;
+  const std::vector<std::unique_ptr<HookInstance>>* hooks_ = nullptr;
+  std::vector<MetricsSink> sinks_;
+  bool dispatching_ = false;
+  std::string error_;
+  friend struct HostApi;
+};
+
+/// One created plugin: its `self` and the calls into it.
+class PluginInstance {
+ public:
+  /// Creates the instance from validated options; throws PluginCreateError.
+  PluginInstance(const LoadedPlugin& plugin, Host& host, const toml::table& options, std::string label);
+  virtual ~PluginInstance();
+  PluginInstance(const PluginInstance&) = delete;
+  PluginInstance& operator=(const PluginInstance&) = delete;
+
+  /// "hooks[1] (progress)"
+  const std::string& label() const { return label_; }
+  const LoadedPlugin& plugin() const { return plugin_; }
+
+ protected:
+  /// Calls `fn(self, ctx, args...)` if the plugin implements it; a failure
+  /// becomes a PluginError naming the plugin and the event.
+  template <class Fn, class... Args>
+  void call(const char* event, Fn fn, Args... args) {
+    if (fn == nullptr) return;
+    if (fn(self_, host_.context(), args...) != TLOOP_OK) fail(event);
+  }
+  [[noreturn]] void fail(const char* event);
+
+  const LoadedPlugin& plugin_;
+  Host& host_;
+  std::string label_;
+  void* self_ = nullptr;
+};
+
+class HookInstance : public PluginInstance {
+ public:
+  HookInstance(const LoadedPlugin& plugin, Host& host, const toml::table& options, std::string label);
+  void before_train();
+  void before_step();
+  void before_optimizer_step();
+  void after_step();
+  void after_train();
+  void on_log(const tloop_metric* metrics, size_t count);
+  void on_log_images(const tloop_image* images, size_t count);
+  void state_dict(StateDict& out, const std::string& prefix);
+  void load_state_dict(const StateDict& in, const std::string& prefix);
+
+ private:
+  const tloop_hook_vtable* vt_;
+};
+
+class TaskInstance : public PluginInstance {
+ public:
+  TaskInstance(const LoadedPlugin& plugin, Host& host, const toml::table& options, std::string label);
+  void setup();
+  void next_batch();
+  /// The loss, or std::nullopt when the task skips backward.
+  std::optional<at::Tensor> forward();
+  void state_dict(StateDict& out, const std::string& prefix);
+  void load_state_dict(const StateDict& in, const std::string& prefix);
+
+ private:
+  const tloop_task_vtable* vt_;
+};
+
+}  // namespace tloop
+
+// Definitions of the ABI's opaque types.
+struct tloop_options {
+  const toml::table* table;
+};
+struct tloop_state {
+  tloop::StateDict* dict;  // null when reading
+  const tloop::StateDict* read;
+  std::string prefix;
+};

@@ -1,0 +1,42 @@
+// Optimizers from LibTorch (torch::optim), built from the [optimizer] section.
+#pragma once
+
+#include "host.h"
+#include "spec.h"
+
+#include <memory>
+
+namespace torch::optim {
+class Optimizer;
+}
+
+namespace tloop {
+
+class Optimizer : public ParamGroups {
+ public:
+  Optimizer(const OptimizerSpec& spec, const std::vector<at::Tensor>& params);
+  ~Optimizer() override;
+
+  void step();
+  void zero_grad();
+  /// Sets every group's learning rate to its base rate times `factor`.
+  void set_lr_factor(double factor);
+
+  size_t count() const override;
+  const std::string& name(size_t group) const override;
+  double lr(size_t group) const override;
+
+  torch::optim::Optimizer& impl() { return *impl_; }
+
+ private:
+  std::unique_ptr<torch::optim::Optimizer> impl_;
+  std::vector<double> base_lrs_;
+  std::vector<std::string> names_;
+};
+
+/// Learning-rate factor for the step after `completed_steps`: linear warm-up
+/// then constant, cosine or linear decay to `min_lr_ratio`. A pure function
+/// of the step, so resuming a run needs nothing but the step.
+double lr_factor(const SchedulerSpec& spec, int64_t completed_steps, int64_t max_steps);
+
+}  // namespace tloop

@@ -1,0 +1,172 @@
+#include "plugin_loader.h"
+
+#include "text.h"
+
+#include <torch/headeronly/version.h>
+
+#define BOOST_DLL_USE_STD_FS
+#include <boost/dll/runtime_symbol_info.hpp>
+#include <boost/dll/shared_library.hpp>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+namespace tloop {
+namespace fs = std::filesystem;
+
+const char* kind_name(tloop_plugin_kind kind) { return kind == TLOOP_KIND_TASK ? "task" : "hook"; }
+
+const char* host_torch_version() { return TORCH_VERSION; }
+
+namespace {
+
+// Libraries stay loaded until the process exits: plugin instances, tensors
+// with plugin-made autograd nodes and static descriptors may outlive any
+// owner we could give them, so nothing is ever unloaded.
+std::vector<boost::dll::shared_library>& libraries() {
+  static auto* libs = new std::vector<boost::dll::shared_library>();
+  return *libs;
+}
+
+Schema schema_from(const tloop_plugin_descriptor& d, const std::string& where) {
+  Schema schema;
+  for (uint32_t i = 0; i < d.option_count; ++i) {
+    const tloop_option_desc& o = d.options[i];
+    if (o.name == nullptr || *o.name == '\0') throw PluginLoadError(where + ": option " + std::to_string(i) + " has no name");
+    OptionSpec s;
+    s.name = o.name;
+    s.type = o.type;
+    if (o.default_value) s.default_literal = std::string(o.default_value);
+    s.doc = o.doc ? o.doc : "";
+    if (o.has_min) s.min = o.min;
+    if (o.has_max) s.max = o.max;
+    if (o.choices) s.choices = split(o.choices, '|');
+    schema.push_back(std::move(s));
+  }
+  return schema;
+}
+
+}  // namespace
+
+void Catalog::load_file(const fs::path& file) {
+  std::error_code ec;
+  const std::string canonical = fs::weakly_canonical(file, ec).string();
+  const std::string shown = file.string();
+  if (std::find(loaded_files_.begin(), loaded_files_.end(), canonical) != loaded_files_.end()) return;
+
+  boost::dll::shared_library lib;
+  try {
+    lib.load(file, boost::dll::load_mode::rtld_lazy | boost::dll::load_mode::rtld_local);
+  } catch (const std::exception& e) {
+    throw PluginLoadError(shown + ": not a tloop plugin: cannot be loaded as a shared library (" + e.what() + ")");
+  }
+  if (!lib.has(TLOOP_ENTRY_SYMBOL))
+    throw PluginLoadError(shown + ": not a tloop plugin: it exports no '" TLOOP_ENTRY_SYMBOL
+                                  "' entry point (export one with TLOOP_PLUGIN_LIBRARY)");
+  auto entry = lib.get<const tloop_library*()>(TLOOP_ENTRY_SYMBOL);
+  const tloop_library* info = entry();
+  if (info == nullptr || info->struct_size < offsetof(tloop_library, plugin_count) + sizeof(uint32_t))
+    throw PluginLoadError(shown + ": the entry point returned no valid library record");
+
+  const std::string host_abi = str(TLOOP_ABI_VERSION_MAJOR, ".", TLOOP_ABI_VERSION_MINOR);
+  const std::string lib_abi = str(info->abi_major, ".", info->abi_minor);
+  if (info->abi_major != TLOOP_ABI_VERSION_MAJOR)
+    throw PluginLoadError(shown + ": built for plugin ABI " + lib_abi + ", but this tloop speaks ABI " + host_abi +
+                          " (major versions must match); rebuild the plugin against this tloop's SDK");
+  if (info->abi_minor > TLOOP_ABI_VERSION_MINOR)
+    throw PluginLoadError(shown + ": built for plugin ABI " + lib_abi + ", newer than this tloop's ABI " + host_abi +
+                          "; upgrade tloop or rebuild the plugin against ABI " + host_abi);
+  if (info->torch_version != nullptr && std::strcmp(info->torch_version, host_torch_version()) != 0)
+    throw PluginLoadError(shown + ": built against LibTorch " + info->torch_version + ", but this tloop runs LibTorch " +
+                          host_torch_version() + "; rebuild the plugin against LibTorch " + host_torch_version());
+
+  std::vector<LoadedPlugin> found;
+  for (uint32_t i = 0; i < info->plugin_count; ++i) {
+    const tloop_plugin_descriptor* d = info->plugins[i];
+    if (d == nullptr || d->struct_size < offsetof(tloop_plugin_descriptor, task) + sizeof(void*) || d->name == nullptr ||
+        *d->name == '\0')
+      throw PluginLoadError(shown + ": plugin descriptor " + std::to_string(i) + " is invalid");
+    const std::string where = shown + ": plugin '" + d->name + "'";
+    if (d->kind == TLOOP_KIND_HOOK) {
+      if (d->hook == nullptr || d->hook->create == nullptr || d->hook->destroy == nullptr)
+        throw PluginLoadError(where + " is a hook without create/destroy");
+    } else if (d->kind == TLOOP_KIND_TASK) {
+      const tloop_task_vtable* t = d->task;
+      if (t == nullptr || t->create == nullptr || t->destroy == nullptr || t->setup == nullptr ||
+          t->next_batch == nullptr || t->forward == nullptr)
+        throw PluginLoadError(where + " is a task without create/destroy/setup/next_batch/forward");
+    } else {
+      throw PluginLoadError(where + " has an unknown kind " + std::to_string(static_cast<int>(d->kind)));
+    }
+    found.push_back({d->name, d->kind, d->version ? d->version : "", d->description ? d->description : "", shown,
+                     schema_from(*d, where), d, info->abi_minor});
+  }
+  for (size_t i = 0; i < found.size(); ++i) {
+    const LoadedPlugin* existing = find(found[i].name);
+    if (existing == nullptr)
+      for (size_t j = 0; j < i; ++j)
+        if (found[j].name == found[i].name) existing = &found[j];
+    if (existing)
+      throw PluginLoadError("two plugins are named '" + found[i].name + "': one in " + existing->file +
+                            " and one in " + shown + "; remove one of them from the plugin path");
+  }
+  for (auto& p : found) plugins_.emplace(p.name, std::move(p));
+  loaded_files_.push_back(canonical);
+  libraries().push_back(std::move(lib));
+}
+
+std::vector<std::string> Catalog::scan(const std::vector<fs::path>& dirs) {
+  std::vector<std::string> problems;
+  for (const auto& dir : dirs) {
+    std::error_code ec;
+    if (!fs::is_directory(dir, ec)) continue;
+    std::vector<fs::path> files;
+    for (const auto& entry : fs::directory_iterator(dir, ec))
+      if (entry.path().extension() == ".so" && !entry.is_directory()) files.push_back(entry.path());
+    std::sort(files.begin(), files.end());  // a stable order makes duplicate errors reproducible
+    for (const auto& f : files) {
+      try {
+        load_file(f);
+      } catch (const PluginLoadError& e) {
+        problems.emplace_back(e.what());
+      }
+    }
+  }
+  return problems;
+}
+
+const LoadedPlugin* Catalog::find(const std::string& name) const {
+  auto it = plugins_.find(name);
+  return it == plugins_.end() ? nullptr : &it->second;
+}
+
+std::vector<const LoadedPlugin*> Catalog::plugins() const {
+  std::vector<const LoadedPlugin*> out;
+  for (const auto& [name, p] : plugins_) out.push_back(&p);
+  return out;
+}
+
+std::vector<std::string> Catalog::names(tloop_plugin_kind kind) const {
+  std::vector<std::string> out;
+  for (const auto& [name, p] : plugins_)
+    if (p.kind == kind) out.push_back(name);
+  return out;
+}
+
+std::vector<fs::path> default_plugin_dirs() {
+  std::vector<fs::path> dirs;
+  std::error_code ec;
+  fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    const fs::path prefix = exe.parent_path().parent_path();
+    dirs.push_back(prefix / "plugins");               // build tree: build/bin/tloop, build/plugins
+    dirs.push_back(prefix / "lib" / "tloop" / "plugins");  // install tree
+  }
+  if (const char* env = std::getenv("TLOOP_PLUGIN_PATH"))
+    for (const auto& d : split(env, ':'))
+      if (!d.empty()) dirs.emplace_back(d);
+  return dirs;
+}
+
+}  // namespace tloop

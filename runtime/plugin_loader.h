@@ -1,0 +1,62 @@
+// Finds, loads and checks plugin libraries; keeps what they provide by name.
+#pragma once
+
+#include <tloop/plugin.h>
+#include <tloop/sdk.hpp>
+
+#include <filesystem>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace tloop {
+
+/// A library that cannot be used; the message names the file.
+class PluginLoadError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+using Schema = std::vector<OptionSpec>;
+
+struct LoadedPlugin {
+  std::string name;
+  tloop_plugin_kind kind;
+  std::string version;
+  std::string description;
+  std::string file;  // the library it came from
+  Schema schema;
+  const tloop_plugin_descriptor* descriptor;  // owned by the library, which is never unloaded
+  uint32_t abi_minor;                         // of the library
+};
+
+const char* kind_name(tloop_plugin_kind kind);
+
+/// The LibTorch version this host was built against ("2.11.0").
+const char* host_torch_version();
+
+class Catalog {
+ public:
+  /// Loads one library and registers its plugins; throws PluginLoadError.
+  void load_file(const std::filesystem::path& file);
+  /// Loads every *.so in `dirs` (missing directories are skipped); returns
+  /// one message per library that was refused.
+  std::vector<std::string> scan(const std::vector<std::filesystem::path>& dirs);
+
+  const LoadedPlugin* find(const std::string& name) const;
+  /// Plugins in name order.
+  std::vector<const LoadedPlugin*> plugins() const;
+  std::vector<std::string> names(tloop_plugin_kind kind) const;
+
+ private:
+  std::map<std::string, LoadedPlugin> plugins_;
+  std::vector<std::string> loaded_files_;  // canonical paths, to load each file once
+};
+
+/// Default plugin directories: beside the tloop binary (`../plugins` in the
+/// build tree, `../lib/tloop/plugins` when installed), then TLOOP_PLUGIN_PATH
+/// (':'-separated).
+std::vector<std::filesystem::path> default_plugin_dirs();
+
+}  // namespace tloop

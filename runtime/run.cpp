@@ -1,0 +1,113 @@
+#include "run.h"
+
+#include "log.h"
+#include "text.h"
+
+#include <ATen/Context.h>
+#include <torch/cuda.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+
+namespace tloop {
+namespace fs = std::filesystem;
+
+Catalog load_catalog(const std::vector<std::string>& extra_dirs) {
+  Catalog catalog;
+  std::vector<fs::path> dirs = default_plugin_dirs();
+  for (const auto& d : extra_dirs) dirs.emplace_back(d);
+  const std::vector<std::string> problems = catalog.scan(dirs);
+  if (!problems.empty()) throw PluginLoadError(join(problems, "\n"));
+  return catalog;
+}
+
+namespace {
+
+c10::Device resolve_device(const std::string& device) {
+  const bool cuda = torch::cuda::is_available();
+  if (device == "auto") return cuda ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
+  c10::Device d(device);
+  if (d.is_cuda()) {
+    if (!cuda) throw SpecError({"trainer.device: \"" + device + "\" was asked for, but no CUDA device is available"});
+    const int64_t count = static_cast<int64_t>(torch::cuda::device_count());
+    if (d.has_index() && d.index() >= count)
+      throw SpecError({str("trainer.device: \"", device, "\" does not exist (", count, " CUDA devices)")});
+    if (!d.has_index()) d = c10::Device(c10::kCUDA, 0);
+  }
+  return d;
+}
+
+}  // namespace
+
+std::unique_ptr<Run> Run::prepare(const RunOptions& options) {
+  std::unique_ptr<Run> run(new Run());
+  const toml::table root = parse_spec(options.spec_file, options.overrides);
+  run->catalog_ = load_catalog(spec_plugin_paths(root, options.spec_file));
+  run->spec_ = resolve_spec(root, options.spec_file, run->catalog_);
+  run->device_ = resolve_device(run->spec_.device);
+  return run;
+}
+
+void Run::execute() {
+  const RunSpec& s = spec_;
+  RunInfo info;
+  info.max_steps = s.max_steps;
+  info.seed = s.seed;
+  info.workspace = fs::absolute(s.workspace).lexically_normal().string();
+  info.device = device_.str();
+  info.resolved_spec = to_toml(s.resolved);
+  host_ = std::make_unique<Host>(info);
+
+  // Seed before any plugin creates tensors, so model initialisation repeats.
+  at::manual_seed(s.seed);
+
+  task_ = std::make_unique<TaskInstance>(*catalog_.find(s.task.plugin), *host_, s.task.options,
+                                         "task (" + s.task.plugin + ")");
+  for (const auto& use : s.hooks)
+    hooks_.push_back(std::make_unique<HookInstance>(*catalog_.find(use.plugin), *host_, use.options,
+                                                    use.key_path + " (" + use.plugin + ")"));
+
+  // Everything is valid: now the workspace may be written.
+  fs::create_directories(fs::path(info.workspace) / "logs");
+  log::add_file_sink((fs::path(info.workspace) / "logs" / "tloop.log").string());
+  {
+    std::ofstream out(fs::path(info.workspace) / "spec.resolved.toml");
+    out << "# The fully resolved run spec of this run (defaults filled), written by tloop.\n"
+        << info.resolved_spec;
+    if (!out) throw std::runtime_error("cannot write spec.resolved.toml in " + info.workspace);
+  }
+  log::info(str("run '", s.name, "': workspace ", info.workspace, ", device ", info.device, ", task ", s.task.plugin,
+                ", ", s.hooks.size(), " hooks"));
+
+  task_->setup();
+  host_->close_registration();
+  std::vector<at::Tensor> params;
+  int64_t numel = 0;
+  for (const auto& [name, p] : host_->parameters())
+    if (p.requires_grad()) {
+      params.push_back(p);
+      numel += p.numel();
+    }
+  if (params.empty()) throw PluginError(task_->label() + " registered no trainable parameters in setup");
+  log::info(str("model: ", params.size(), " parameter tensors, ", numel, " values"));
+
+  optimizer_ = std::make_unique<Optimizer>(s.optimizer, params);
+  host_->set_param_groups(optimizer_.get());
+  host_->set_hooks(&hooks_);
+  trainer_ = std::make_unique<Trainer>(TrainerConfig::from(s, device_), *host_, *task_, hooks_, *optimizer_);
+
+  const auto t0 = std::chrono::steady_clock::now();
+  trainer_->train();
+  seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+std::string Run::summary() const {
+  std::string out = str("finished '", spec_.name, "': ", host_->step(), "/", spec_.max_steps, " steps in ", seconds_,
+                        " s");
+  if (trainer_->last_loss()) out += str(", loss ", *trainer_->last_loss());
+  for (const auto& [k, v] : trainer_->last_records()) out += str(", ", k, " ", v);
+  return out;
+}
+
+}  // namespace tloop

@@ -1,0 +1,56 @@
+// One training run from a spec: validate everything first, then create the
+// workspace, the plugins and the trainer, and train.
+#pragma once
+
+#include "host.h"
+#include "optimizer.h"
+#include "plugin_loader.h"
+#include "spec.h"
+#include "trainer.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace tloop {
+
+struct RunOptions {
+  std::string spec_file;
+  std::vector<std::string> overrides;  // --set key.path=value
+};
+
+/// Loads the plugins from the default directories, TLOOP_PLUGIN_PATH and
+/// `extra_dirs`; a refused library throws PluginLoadError naming it.
+Catalog load_catalog(const std::vector<std::string>& extra_dirs);
+
+class Run {
+ public:
+  /// Parses and validates the spec and the plugins it names. Creates nothing on
+  /// disk. Throws SpecError or PluginLoadError (bad input).
+  static std::unique_ptr<Run> prepare(const RunOptions& options);
+
+  const RunSpec& spec() const { return spec_; }
+  const Catalog& catalog() const { return catalog_; }
+
+  /// Creates the workspace, the task and the hooks, then trains to max_steps.
+  void execute();
+  /// "finished digits: 500/500 steps in 12.3 s, loss 0.012, holdout_accuracy 0.97"
+  std::string summary() const;
+
+  Host& host() { return *host_; }
+  Trainer& trainer() { return *trainer_; }
+
+ private:
+  Run() = default;
+  Catalog catalog_;
+  RunSpec spec_;
+  c10::Device device_ = c10::Device(c10::kCPU);
+  std::unique_ptr<Host> host_;
+  std::unique_ptr<TaskInstance> task_;
+  std::vector<std::unique_ptr<HookInstance>> hooks_;
+  std::unique_ptr<Optimizer> optimizer_;
+  std::unique_ptr<Trainer> trainer_;
+  double seconds_ = 0.0;
+};
+
+}  // namespace tloop

@@ -1,0 +1,90 @@
+// The run spec: TOML parsing, --set overrides, validation against the core
+// schema and every plugin's declared schema, defaults, and the resolved spec.
+#pragma once
+
+#include "plugin_loader.h"
+
+#include <toml++/toml.h>
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace tloop {
+
+/// Bad input in a spec: every problem found, one per line, each naming the
+/// file, line, column and key path. The CLI exits with code 2.
+class SpecError : public std::runtime_error {
+ public:
+  explicit SpecError(const std::vector<std::string>& problems);
+  const std::vector<std::string>& problems() const { return problems_; }
+
+ private:
+  std::vector<std::string> problems_;
+};
+
+/// A plugin named in the spec with its resolved options (defaults filled).
+struct PluginUse {
+  std::string plugin;
+  std::string key_path;  // "task", "hooks[1]"
+  toml::table options;   // without the "plugin" key
+};
+
+struct OptimizerSpec {
+  std::string type;  // sgd | adam | adamw
+  double lr, weight_decay, momentum, beta1, beta2, eps;
+  bool nesterov;
+};
+
+struct SchedulerSpec {
+  std::string type;  // constant | cosine | linear
+  int64_t warmup_steps;
+  double min_lr_ratio;
+};
+
+struct RunSpec {
+  std::string file;
+  toml::table resolved;  // the whole spec, defaults filled
+
+  std::string name;
+  std::string workspace;  // as given (relative to the working directory)
+  uint64_t seed;
+
+  int64_t max_steps;
+  int64_t gradient_accumulation_steps;
+  std::optional<double> grad_clip;
+  std::string mixed_precision;  // "" (off), "bf16" or "fp16"
+  std::string device;           // auto | cpu | cuda | cuda:N
+  std::optional<int64_t> max_non_finite_grad_retries;
+
+  PluginUse task;
+  OptimizerSpec optimizer;
+  SchedulerSpec scheduler;
+  std::vector<PluginUse> hooks;
+};
+
+/// Parses `file` and applies `--set key.path=value` overrides. Throws SpecError.
+toml::table parse_spec(const std::string& file, const std::vector<std::string>& overrides);
+
+/// The validated `[plugins] paths`, relative ones resolved against the spec's
+/// directory. Throws SpecError.
+std::vector<std::string> spec_plugin_paths(const toml::table& root, const std::string& file);
+
+/// Validates everything, fills defaults and returns the typed spec. Throws
+/// SpecError listing every problem.
+RunSpec resolve_spec(const toml::table& root, const std::string& file, const Catalog& catalog);
+
+/// Validates `table` against `schema`, filling defaults in place; problems are
+/// appended, each prefixed with its location. Used for every section and every
+/// plugin's options.
+void validate_table(toml::table& table, const Schema& schema, const std::string& key_path,
+                    std::vector<std::string>& problems, const std::vector<std::string>& extra_keys = {});
+
+/// The core schema of a section ("run", "trainer", ...), for docs and tests.
+const Schema& core_schema(const std::string& section);
+
+std::string to_toml(const toml::table& table);
+
+}  // namespace tloop

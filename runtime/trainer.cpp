@@ -1,0 +1,204 @@
+#include "trainer.h"
+
+#include "log.h"
+#include "signals.h"
+#include "text.h"
+
+#include <ATen/autocast_mode.h>
+#include <ATen/ops/_foreach_mul.h>
+#include <ATen/ops/_foreach_norm.h>
+#include <ATen/ops/linalg_vector_norm.h>
+#include <ATen/ops/stack.h>
+
+#include <chrono>
+#include <cmath>
+
+namespace tloop {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// Autocast for one forward, restored on exit (also on exceptions).
+class AutocastScope {
+ public:
+  AutocastScope(c10::DeviceType device, std::optional<c10::ScalarType> dtype) : device_(device), active_(dtype) {
+    if (!active_) return;
+    prev_enabled_ = at::autocast::is_autocast_enabled(device_);
+    prev_dtype_ = at::autocast::get_autocast_dtype(device_);
+    at::autocast::set_autocast_enabled(device_, true);
+    at::autocast::set_autocast_dtype(device_, *dtype);
+    at::autocast::increment_nesting();
+  }
+  ~AutocastScope() {
+    if (!active_) return;
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+    at::autocast::set_autocast_enabled(device_, prev_enabled_);
+    at::autocast::set_autocast_dtype(device_, prev_dtype_);
+  }
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
+
+ private:
+  c10::DeviceType device_;
+  bool active_;
+  bool prev_enabled_ = false;
+  c10::ScalarType prev_dtype_ = c10::kFloat;
+};
+
+std::string records_text(const Metrics& records) {
+  std::vector<std::string> parts;
+  for (const auto& [k, v] : records) parts.push_back(str(k, "=", v));
+  return parts.empty() ? "no records" : "records: " + join(parts, ", ");
+}
+
+}  // namespace
+
+TrainerConfig TrainerConfig::from(const RunSpec& spec, c10::Device device) {
+  TrainerConfig c;
+  c.max_steps = spec.max_steps;
+  c.gradient_accumulation_steps = spec.gradient_accumulation_steps;
+  c.grad_clip = spec.grad_clip;
+  if (spec.mixed_precision == "bf16") c.autocast_dtype = c10::kBFloat16;
+  if (spec.mixed_precision == "fp16") c.autocast_dtype = c10::kHalf;
+  c.max_non_finite_grad_retries = spec.max_non_finite_grad_retries;
+  c.scheduler = spec.scheduler;
+  c.device = device;
+  return c;
+}
+
+Trainer::Trainer(TrainerConfig config, Host& host, TaskInstance& task,
+                 std::vector<std::unique_ptr<HookInstance>>& hooks, Optimizer& optimizer)
+    : config_(std::move(config)), host_(host), task_(task), hooks_(hooks), optimizer_(optimizer) {
+  for (const auto& [name, p] : host_.parameters())
+    if (p.requires_grad()) params_.push_back(p);
+  if (config_.autocast_dtype == c10::kHalf) scaler_ = std::make_unique<GradScaler>(config_.device);
+}
+
+void Trainer::for_each_hook(void (HookInstance::*event)()) {
+  for (auto& hook : hooks_) ((*hook).*event)();
+}
+
+void Trainer::train() {
+  // The learning rate of the next step is a function of the steps done,
+  // which also makes a resumed run pick up exactly where it stopped.
+  optimizer_.set_lr_factor(lr_factor(config_.scheduler, host_.step(), config_.max_steps));
+  for_each_hook(&HookInstance::before_train);
+  while (host_.step() < config_.max_steps) {
+    if (int sig = pending_signal()) throw Interrupted(sig);
+    host_.set_step(host_.step() + 1);
+    host_.step_info().clear();
+    run_step();
+  }
+  for_each_hook(&HookInstance::after_train);
+}
+
+void Trainer::run_step() {
+  const auto t0 = Clock::now();
+  for_each_hook(&HookInstance::before_step);
+  StepInfo& info = host_.step_info();
+
+  int64_t retries = 0;
+  for (;;) {
+    accumulate();
+    if (scaler_) {
+      scaler_->unscale(grads());  // inf/nan here makes the scaler skip the step
+      break;
+    }
+    const double norm = total_grad_norm(grads());
+    if (std::isfinite(norm)) break;
+    optimizer_.zero_grad();
+    ++retries;
+    if (config_.max_non_finite_grad_retries && retries > *config_.max_non_finite_grad_retries)
+      throw TrainingError(str("step ", host_.step(), ": gradients are not finite after ", retries - 1,
+                              " retries (trainer.max_non_finite_grad_retries = ", *config_.max_non_finite_grad_retries,
+                              "); lower the learning rate, clip gradients or check the data"));
+    log::warn(str("step ", host_.step(), ": gradients are not finite (norm ", norm, "); retrying the step (retry ",
+                  retries, ")"));
+    // A retried attempt's micro-steps do not belong to the step.
+    for (const char* key : {"loss", "data_time"}) info.erase(key);
+    for (auto it = info.begin(); it != info.end();) it = it->first.rfind("records/", 0) == 0 ? info.erase(it) : ++it;
+  }
+
+  for_each_hook(&HookInstance::before_optimizer_step);
+  if (config_.grad_clip) {
+    const std::vector<at::Tensor> g = grads();
+    const double norm = total_grad_norm(g);
+    info["grad_norm"].push_back(norm);  // before clipping, like clip_grad_norm_'s return value
+    const double coef = *config_.grad_clip / (norm + 1e-6);
+    if (coef < 1.0 && !g.empty()) at::_foreach_mul_(g, coef);
+  }
+  for (size_t i = 0; i < optimizer_.count(); ++i) info["lr/" + optimizer_.name(i)].push_back(optimizer_.lr(i));
+  if (scaler_) {
+    if (!scaler_->found_inf()) optimizer_.step();
+    info["loss_scale"].push_back(scaler_->current_scale());
+    scaler_->update();
+  } else {
+    optimizer_.step();
+  }
+  optimizer_.zero_grad();
+  optimizer_.set_lr_factor(lr_factor(config_.scheduler, host_.step(), config_.max_steps));
+
+  info["retries"].push_back(static_cast<double>(retries));
+  info["step_time"].push_back(seconds_since(t0));
+  for_each_hook(&HookInstance::after_step);
+}
+
+void Trainer::accumulate() {
+  StepInfo& info = host_.step_info();
+  const c10::DeviceType device_type = config_.device.type();
+  int64_t micro_steps = 0;
+  while (micro_steps < config_.gradient_accumulation_steps) {
+    const auto t0 = Clock::now();
+    task_.next_batch();
+    info["data_time"].push_back(seconds_since(t0));
+
+    host_.micro_records().clear();
+    std::optional<at::Tensor> loss;
+    {
+      AutocastScope autocast(device_type, config_.autocast_dtype);
+      loss = task_.forward();
+    }
+    const Metrics& records = host_.micro_records();
+    for (const auto& [k, v] : records) {
+      info["records/" + k].push_back(v);
+      last_records_[k] = v;
+    }
+    if (!loss) {
+      if (!warned_none_loss_) {
+        log::warn(str("step ", host_.step(), ": the task returned no loss; skipping backward for that micro-step ",
+                      "(it does not count towards gradient_accumulation_steps; warned once)"));
+        warned_none_loss_ = true;
+      }
+      continue;
+    }
+    if (loss->numel() != 1)
+      throw TrainingError(str(task_.label(), " returned a loss with ", loss->numel(), " elements; it must be a scalar"));
+    const double value = loss->item<double>();
+    if (!std::isfinite(value))
+      log::warn(str("step ", host_.step(), ": the loss is not finite (", value, "); ", records_text(records)));
+    info["loss"].push_back(value);
+    last_loss_ = value;
+
+    at::Tensor scaled = *loss / static_cast<double>(config_.gradient_accumulation_steps);
+    if (scaler_) scaled = scaler_->scale(scaled);
+    scaled.backward();
+    ++micro_steps;
+  }
+}
+
+std::vector<at::Tensor> Trainer::grads() const {
+  std::vector<at::Tensor> out;
+  out.reserve(params_.size());
+  for (const auto& p : params_)
+    if (p.grad().defined()) out.push_back(p.grad());
+  return out;
+}
+
+double Trainer::total_grad_norm(const std::vector<at::Tensor>& g) const {
+  if (g.empty()) return 0.0;
+  std::vector<at::Tensor> norms = at::_foreach_norm(g, 2);
+  return at::linalg_vector_norm(at::stack(norms), 2).item<double>();
+}
+
+}  // namespace tloop

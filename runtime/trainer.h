@@ -1,0 +1,70 @@
+// BaseTrainer: the training loop (trainloop semantics) and event dispatch.
+#pragma once
+
+#include "grad_scaler.h"
+#include "host.h"
+#include "optimizer.h"
+#include "spec.h"
+
+#include <c10/core/Device.h>
+#include <c10/core/ScalarType.h>
+
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <vector>
+
+namespace tloop {
+
+/// Training cannot go on (e.g. gradients stay non-finite); the CLI exits 1.
+class TrainingError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct TrainerConfig {
+  int64_t max_steps = 1;
+  int64_t gradient_accumulation_steps = 1;
+  std::optional<double> grad_clip;
+  std::optional<c10::ScalarType> autocast_dtype;  // bf16 / fp16; none = off
+  std::optional<int64_t> max_non_finite_grad_retries;
+  SchedulerSpec scheduler{"constant", 0, 0.0};
+  c10::Device device = c10::Device(c10::kCPU);
+
+  static TrainerConfig from(const RunSpec& spec, c10::Device device);
+};
+
+class Trainer {
+ public:
+  Trainer(TrainerConfig config, Host& host, TaskInstance& task, std::vector<std::unique_ptr<HookInstance>>& hooks,
+          Optimizer& optimizer);
+
+  /// Runs from host.step() to max_steps: before_train, the steps, after_train.
+  void train();
+
+  /// Last loss and the last value of every record, for the final summary.
+  std::optional<double> last_loss() const { return last_loss_; }
+  const std::map<std::string, double>& last_records() const { return last_records_; }
+  GradScaler* scaler() { return scaler_.get(); }
+
+ private:
+  void run_step();
+  /// Micro-steps until `gradient_accumulation_steps` real backwards happened.
+  void accumulate();
+  std::vector<at::Tensor> grads() const;
+  double total_grad_norm(const std::vector<at::Tensor>& grads) const;
+  void for_each_hook(void (HookInstance::*event)());
+
+  TrainerConfig config_;
+  Host& host_;
+  TaskInstance& task_;
+  std::vector<std::unique_ptr<HookInstance>>& hooks_;
+  Optimizer& optimizer_;
+  std::vector<at::Tensor> params_;
+  std::unique_ptr<GradScaler> scaler_;
+  bool warned_none_loss_ = false;
+  std::optional<double> last_loss_;
+  std::map<std::string, double> last_records_;
+};
+
+}  // namespace tloop

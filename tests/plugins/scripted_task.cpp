@@ -1,0 +1,61 @@
+// Test task with behaviour chosen by options: loss = grad_scale * sum(w), with
+// w a vector of ones; some forwards return no loss or a non-finite one.
+#include <tloop/torch.hpp>
+
+#include <ATen/ops/ones.h>
+
+#include <limits>
+
+namespace {
+
+class ScriptedTask : public tloop::Task {
+ public:
+  static tloop::PluginInfo info() {
+    return {"scripted_task",
+            "1.0.0",
+            "Test task: a linear loss whose gradient is known, with injectable faults",
+            {
+                tloop::option("dim", 1, "size of the parameter vector").at_least(1),
+                tloop::option("grad_scale", 1.0, "d loss / d w_i"),
+                tloop::option("none_every", 0, "every n-th forward returns no loss (0: never)").at_least(0),
+                tloop::option("nan_forwards", 0, "the first n forwards give a NaN loss and gradients").at_least(0),
+                tloop::option("fail_in", "", "event that throws: create | setup | forward"),
+            }};
+  }
+  ScriptedTask(tloop::Context&, const tloop::Options& o)
+      : dim_(o.get_int("dim")),
+        grad_scale_(o.get_double("grad_scale")),
+        none_every_(o.get_int("none_every")),
+        nan_forwards_(o.get_int("nan_forwards")),
+        fail_in_(o.get_string("fail_in")) {
+    if (fail_in_ == "create") throw tloop::Error("scripted failure in create");
+  }
+
+  void setup(tloop::Context& ctx) override {
+    if (fail_in_ == "setup") throw tloop::Error("scripted failure in setup");
+    w_ = at::ones({dim_}, at::TensorOptions().device(c10::Device(ctx.device()))).requires_grad_(true);
+    tloop::register_parameter(ctx, "w", w_);
+  }
+  void next_batch(tloop::Context&) override { ++batches_; }
+  std::optional<at::Tensor> forward(tloop::Context& ctx) override {
+    ++forwards_;
+    if (fail_in_ == "forward") throw tloop::Error("scripted failure in forward");
+    ctx.record("forward", static_cast<double>(forwards_));
+    if (none_every_ > 0 && forwards_ % none_every_ == 0) return std::nullopt;
+    at::Tensor loss = grad_scale_ * w_.sum();
+    if (forwards_ <= nan_forwards_) loss = loss * std::numeric_limits<double>::quiet_NaN();
+    return loss;
+  }
+
+ private:
+  int64_t dim_;
+  double grad_scale_;
+  int64_t none_every_, nan_forwards_;
+  std::string fail_in_;
+  int64_t batches_ = 0, forwards_ = 0;
+  at::Tensor w_;
+};
+
+}  // namespace
+
+TLOOP_PLUGIN_LIBRARY(tloop::task<ScriptedTask>())
