@@ -42,9 +42,9 @@ c10::Device resolve_device(const std::string& device) {
 
 std::unique_ptr<Run> Run::prepare(const RunOptions& options) {
   std::unique_ptr<Run> run(new Run());
-  const toml::table root = parse_spec(options.spec_file, options.overrides);
+  toml::table root = parse_spec(options.spec_file, options.overrides);
   run->catalog_ = load_catalog(spec_plugin_paths(root, options.spec_file));
-  run->spec_ = resolve_spec(root, options.spec_file, run->catalog_);
+  run->spec_ = resolve_spec(std::move(root), options.spec_file, run->catalog_);
   run->device_ = resolve_device(run->spec_.device);
   return run;
 }

@@ -234,7 +234,7 @@ toml::table parse_spec(const std::string& file, const std::vector<std::string>& 
         ok = false;
       } else if (toml::table* t = cur->as_table()) {
         if (last) {
-          t->insert_or_assign(k, *holder.get("v"));
+          t->insert_or_assign(k, std::move(*holder.get("v")));  // a move keeps the source region
         } else {
           if (!t->contains(k)) t->insert(k, toml::table{});
           cur = t->get(k);
@@ -246,7 +246,7 @@ toml::table parse_spec(const std::string& file, const std::vector<std::string>& 
           problems.push_back(str(source, ": ", path, ": no such entry (the array has ", a->size(), ")"));
           ok = false;
         } else if (last) {
-          a->replace(a->cbegin() + static_cast<std::ptrdiff_t>(index), *holder.get("v"));
+          a->replace(a->cbegin() + static_cast<std::ptrdiff_t>(index), std::move(*holder.get("v")));
         } else {
           cur = a->get(index);
         }
@@ -260,18 +260,17 @@ toml::table parse_spec(const std::string& file, const std::vector<std::string>& 
   return root;
 }
 
-std::vector<std::string> spec_plugin_paths(const toml::table& root, const std::string& file) {
+std::vector<std::string> spec_plugin_paths(toml::table& root, const std::string& file) {
   std::vector<std::string> problems;
-  toml::table plugins;
-  if (const toml::node* n = root.get("plugins")) {
-    if (!n->is_table()) throw SpecError({where(n->source(), file) + ": plugins: expected a table ([plugins])"});
-    plugins = *n->as_table();
-  }
-  validate_table(plugins, core_schema("plugins"), "plugins", problems);
+  if (!root.contains("plugins")) root.insert("plugins", toml::table{});
+  toml::table* plugins = root.get("plugins")->as_table();
+  if (plugins == nullptr)
+    throw SpecError({where(root.get("plugins")->source(), file) + ": plugins: expected a table ([plugins])"});
+  validate_table(*plugins, core_schema("plugins"), "plugins", problems);
   if (!problems.empty()) throw SpecError(problems);
   std::vector<std::string> out;
   const fs::path base = fs::path(file).parent_path();
-  for (const auto& p : *plugins["paths"].as_array()) {
+  for (const auto& p : *(*plugins)["paths"].as_array()) {
     fs::path path(p.as_string()->get());
     out.push_back((path.is_absolute() ? path : base / path).lexically_normal().string());
   }
@@ -336,10 +335,9 @@ std::optional<PluginUse> plugin_use(toml::table& t, const std::string& key_path,
 
 }  // namespace
 
-RunSpec resolve_spec(const toml::table& input, const std::string& file, const Catalog& catalog) {
+RunSpec resolve_spec(toml::table root, const std::string& file, const Catalog& catalog) {
   RunSpec spec;
   spec.file = file;
-  toml::table root = input;
   std::vector<std::string> problems;
 
   const std::vector<std::string> sections = {"run", "trainer", "task", "optimizer", "scheduler", "hooks", "plugins"};

@@ -68,13 +68,14 @@ struct RunSpec {
 /// Parses `file` and applies `--set key.path=value` overrides. Throws SpecError.
 toml::table parse_spec(const std::string& file, const std::vector<std::string>& overrides);
 
-/// The validated `[plugins] paths`, relative ones resolved against the spec's
-/// directory. Throws SpecError.
-std::vector<std::string> spec_plugin_paths(const toml::table& root, const std::string& file);
+/// The validated `[plugins] paths` (defaults filled in `root`), relative ones
+/// resolved against the spec's directory. Throws SpecError.
+std::vector<std::string> spec_plugin_paths(toml::table& root, const std::string& file);
 
 /// Validates everything, fills defaults and returns the typed spec. Throws
-/// SpecError listing every problem.
-RunSpec resolve_spec(const toml::table& root, const std::string& file, const Catalog& catalog);
+/// SpecError listing every problem. Pass the parsed table by move: a copy of a
+/// toml++ node loses its source location, which every error message needs.
+RunSpec resolve_spec(toml::table root, const std::string& file, const Catalog& catalog);
 
 /// Validates `table` against `schema`, filling defaults in place; problems are
 /// appended, each prefixed with its location. Used for every section and every

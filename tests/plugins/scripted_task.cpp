@@ -2,6 +2,7 @@
 // w a vector of ones; some forwards return no loss or a non-finite one.
 #include <tloop/torch.hpp>
 
+#include <ATen/TensorOperators.h>
 #include <ATen/ops/ones.h>
 
 #include <limits>

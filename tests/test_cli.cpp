@@ -1,0 +1,78 @@
+// The CLI's commands, outputs and exit codes.
+#include "support.h"
+
+#include <doctest/doctest.h>
+
+#include <regex>
+
+using test::TempDir;
+
+TEST_CASE("tloop plugins lists name, kind, version and file of every plugin found") {
+  auto r = test::run_command(test::cli() + " plugins");
+  INFO(r.output);
+  CHECK(r.exit_code == 0);
+  CHECK(std::regex_search(r.output, std::regex(R"(digits_cnn\s+task\s+1\.0\.0\s+\S+/plugins/digits_cnn\.so)")));
+  CHECK(std::regex_search(r.output, std::regex(R"(regression_mlp\s+task\s+1\.0\.0\s+\S+/plugins/regression_mlp\.so)")));
+
+  auto extra = test::run_command(test::cli() + " plugins --path " + TLOOP_TEST_PLUGIN_DIR);
+  CHECK(std::regex_search(extra.output, std::regex(R"(event_recorder\s+hook\s+1\.0\.0)")));
+}
+
+TEST_CASE("tloop describe prints a plugin's options with types, defaults, ranges and docs") {
+  auto r = test::run_command(test::cli() + " describe digits_cnn");
+  INFO(r.output);
+  CHECK(r.exit_code == 0);
+  CHECK(r.output.find("digits_cnn 1.0.0 (task plugin)") != std::string::npos);
+  CHECK(std::regex_search(r.output, std::regex(R"(batch_size\s+int \(default 64, >= 1\)\s+images per micro-batch)")));
+  CHECK(std::regex_search(r.output, std::regex(R"(holdout_fraction\s+float \(default 0\.2, 0\.05 to 0\.9\))")));
+
+  auto unknown = test::run_command(test::cli() + " describe digits_cn");
+  CHECK(unknown.exit_code == 2);
+  CHECK(unknown.output.find("no plugin named 'digits_cn'; did you mean 'digits_cnn'?") != std::string::npos);
+}
+
+TEST_CASE("--help works on every command and a bad command line exits 2") {
+  for (const char* cmd : {"", "run", "validate", "plugins", "describe"}) {
+    auto r = test::run_command(test::cli() + " " + cmd + " --help");
+    INFO(cmd, r.output);
+    CHECK(r.exit_code == 0);
+    CHECK(r.output.find("Usage") != std::string::npos);
+  }
+  CHECK(test::run_command(test::cli() + " frobnicate").exit_code == 2);
+  CHECK(test::run_command(test::cli() + " --log-level loud plugins").exit_code == 2);
+}
+
+TEST_CASE("a training failure exits 1 and a signal exits 128+N") {
+  TempDir dir;
+  const std::string plugins = std::string("[plugins]\npaths = [\"") + TLOOP_TEST_PLUGIN_DIR + "\"]\n";
+  test::write_file(dir / "fail.toml", plugins + "[run]\nworkspace = \"" + (dir / "ws").string() +
+                                          "\"\n[trainer]\nmax_steps = 2\n[task]\nplugin = \"scripted_task\"\n"
+                                          "fail_in = \"forward\"\n");
+  auto r = test::run_command(test::cli() + " run " + (dir / "fail.toml").string());
+  INFO(r.output);
+  CHECK(r.exit_code == 1);
+  CHECK(r.output.find("task (scripted_task) failed in forward: scripted failure in forward") != std::string::npos);
+  // The log file in the workspace has the error too.
+  CHECK(test::read_file(dir / "ws" / "logs" / "tloop.log").find("scripted failure in forward") != std::string::npos);
+
+  // A long run sent SIGTERM stops at the next step boundary with 128+15.
+  test::write_file(dir / "long.toml", "[run]\nworkspace = \"" + (dir / "ws2").string() +
+                                          "\"\n[trainer]\nmax_steps = 100000000\n[task]\nplugin = \"regression_mlp\"\n");
+  auto s = test::run_command("( " + test::cli() + " run " + (dir / "long.toml").string() +
+                             " & pid=$!; while [ ! -f " + (dir / "ws2" / "spec.resolved.toml").string() +
+                             " ]; do sleep 0.1; done; sleep 0.5; kill -TERM $pid; wait $pid )");
+  INFO(s.output);
+  CHECK(s.exit_code == 128 + 15);
+  CHECK(s.output.find("interrupted by signal 15") != std::string::npos);
+}
+
+TEST_CASE("the default spec reaches 95% holdout accuracy" * doctest::test_suite("slow")) {
+  TempDir dir;
+  auto r = test::run_command(test::cli() + " run " + TLOOP_SOURCE_DIR + "/configs/default.toml --set run.workspace=\"" +
+                             (dir / "ws").string() + "\"");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  std::smatch m;
+  REQUIRE(std::regex_search(r.output, m, std::regex(R"(finished 'digits': 600/600 steps .* holdout_accuracy ([0-9.]+))")));
+  CHECK(std::stod(m[1].str()) >= 0.95);
+}
