@@ -34,6 +34,8 @@ Schema schema_from(const tloop_plugin_descriptor& d, const std::string& where) {
   for (uint32_t i = 0; i < d.option_count; ++i) {
     const tloop_option_desc& o = d.options[i];
     if (o.name == nullptr || *o.name == '\0') throw PluginLoadError(where + ": option " + std::to_string(i) + " has no name");
+    if (std::strcmp(o.name, "plugin") == 0 || std::strcmp(o.name, "key") == 0)
+      throw PluginLoadError(where + ": option '" + o.name + "' is reserved by the run spec");
     OptionSpec s;
     s.name = o.name;
     s.type = o.type;

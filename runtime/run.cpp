@@ -4,9 +4,11 @@
 #include "text.h"
 
 #include <ATen/Context.h>
+#include <nlohmann/json.hpp>
 #include <torch/cuda.h>
 
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 
@@ -23,6 +25,22 @@ Catalog load_catalog(const std::vector<std::string>& extra_dirs) {
 }
 
 namespace {
+
+// The built-in receiver of every log call: one JSON object per call with the
+// step and the flattened keys, appended and flushed so it can be read (tail -f,
+// pandas) while the run goes on. Non-finite values are written as null.
+void add_metrics_file(Host& host, const std::string& path) {
+  auto out = std::make_shared<std::ofstream>(path, std::ios::app);
+  if (!*out) throw std::runtime_error("cannot open " + path);
+  host.add_metrics_sink([out, path](int64_t step, const Metrics& metrics) {
+    nlohmann::ordered_json row;
+    row["step"] = step;
+    for (const auto& [k, v] : metrics) row[k] = std::isfinite(v) ? nlohmann::ordered_json(v) : nlohmann::ordered_json();
+    *out << row.dump() << '\n';
+    out->flush();
+    if (!*out) throw std::runtime_error("cannot write " + path);
+  });
+}
 
 c10::Device resolve_device(const std::string& device) {
   const bool cuda = torch::cuda::is_available();
@@ -64,9 +82,11 @@ void Run::execute() {
 
   task_ = std::make_unique<TaskInstance>(*catalog_.find(s.task.plugin), *host_, s.task.options,
                                          "task (" + s.task.plugin + ")");
-  for (const auto& use : s.hooks)
+  for (const auto& use : s.hooks) {
     hooks_.push_back(std::make_unique<HookInstance>(*catalog_.find(use.plugin), *host_, use.options,
                                                     use.key_path + " (" + use.plugin + ")"));
+    hook_state_keys_.push_back(use.state_key);
+  }
 
   // Everything is valid: now the workspace may be written.
   fs::create_directories(fs::path(info.workspace) / "logs");
@@ -77,6 +97,7 @@ void Run::execute() {
         << info.resolved_spec;
     if (!out) throw std::runtime_error("cannot write spec.resolved.toml in " + info.workspace);
   }
+  add_metrics_file(*host_, (fs::path(info.workspace) / "metrics.jsonl").string());
   log::info(str("run '", s.name, "': workspace ", info.workspace, ", device ", info.device, ", task ", s.task.plugin,
                 ", ", s.hooks.size(), " hooks"));
 
@@ -100,6 +121,18 @@ void Run::execute() {
   const auto t0 = std::chrono::steady_clock::now();
   trainer_->train();
   seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+StateDict Run::plugin_state() const {
+  StateDict state;
+  task_->state_dict(state, "task/");
+  for (size_t i = 0; i < hooks_.size(); ++i) hooks_[i]->state_dict(state, "hooks/" + hook_state_keys_[i] + "/");
+  return state;
+}
+
+void Run::load_plugin_state(const StateDict& state) {
+  task_->load_state_dict(state, "task/");
+  for (size_t i = 0; i < hooks_.size(); ++i) hooks_[i]->load_state_dict(state, "hooks/" + hook_state_keys_[i] + "/");
 }
 
 std::string Run::summary() const {

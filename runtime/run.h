@@ -37,6 +37,10 @@ class Run {
   /// "finished digits: 500/500 steps in 12.3 s, loss 0.012, holdout_accuracy 0.97"
   std::string summary() const;
 
+  /// The task's and every hook's state: "task/<key>", "hooks/<state key>/<key>".
+  StateDict plugin_state() const;
+  void load_plugin_state(const StateDict& state);
+
   Host& host() { return *host_; }
   Trainer& trainer() { return *trainer_; }
 
@@ -48,6 +52,7 @@ class Run {
   std::unique_ptr<Host> host_;
   std::unique_ptr<TaskInstance> task_;
   std::vector<std::unique_ptr<HookInstance>> hooks_;
+  std::vector<std::string> hook_state_keys_;
   std::unique_ptr<Optimizer> optimizer_;
   std::unique_ptr<Trainer> trainer_;
   double seconds_ = 0.0;

@@ -326,10 +326,24 @@ std::optional<PluginUse> plugin_use(toml::table& t, const std::string& key_path,
     return std::nullopt;
   }
   const size_t before = problems.size();
-  validate_table(t, plugin->schema, key_path, problems, {"plugin"});
+  std::string state_key = kind == TLOOP_KIND_TASK ? "task" : name;
+  if (kind == TLOOP_KIND_HOOK) {
+    if (const toml::node* k = t.get("key")) {
+      static const std::regex key_re("[A-Za-z0-9_.-]+");
+      if (!k->is_string() || !std::regex_match(k->as_string()->get(), key_re))
+        problems.push_back(where(k->source(), file) + ": " + key_path +
+                           ".key: must be a string of letters, digits, '_', '.' or '-' (the hook's state key), got " +
+                           describe(*k));
+      else
+        state_key = k->as_string()->get();
+    }
+  }
+  validate_table(t, plugin->schema, key_path, problems,
+                 kind == TLOOP_KIND_HOOK ? std::vector<std::string>{"plugin", "key"} : std::vector<std::string>{"plugin"});
   if (problems.size() != before) return std::nullopt;
-  PluginUse use{name, key_path, t};
+  PluginUse use{name, key_path, state_key, t};
   use.options.erase("plugin");
+  use.options.erase("key");
   return use;
 }
 
@@ -398,8 +412,14 @@ RunSpec resolve_spec(toml::table root, const std::string& file, const Catalog& c
     } else {
       for (size_t i = 0; i < list->size(); ++i) {
         if (auto use = plugin_use(*list->get(i)->as_table(), str("hooks[", i, "]"), TLOOP_KIND_HOOK, catalog, file,
-                                  problems))
+                                  problems)) {
+          for (const auto& other : spec.hooks)
+            if (other.state_key == use->state_key)
+              problems.push_back(where(list->get(i)->source(), file) + ": " + use->key_path + ": its state key '" +
+                                 use->state_key + "' is used by " + other.key_path +
+                                 " too; give one of them a distinct key = \"...\"");
           spec.hooks.push_back(*use);
+        }
       }
     }
   } else {

@@ -28,8 +28,9 @@ class SpecError : public std::runtime_error {
 /// A plugin named in the spec with its resolved options (defaults filled).
 struct PluginUse {
   std::string plugin;
-  std::string key_path;  // "task", "hooks[1]"
-  toml::table options;   // without the "plugin" key
+  std::string key_path;   // "task", "hooks[1]"
+  std::string state_key;  // where its state lives: "task", or a hook's `key` (default: the plugin name)
+  toml::table options;    // without the reserved keys "plugin" and "key"
 };
 
 struct OptimizerSpec {

@@ -44,7 +44,7 @@ TEST_CASE("k micro-steps of batch B end with the same weights as one step of bat
   CHECK(std::abs(test::values(*untrained, "fc1.weight")[0] - test::values(*whole, "fc1.weight")[0]) > 1e-4);
 }
 
-TEST_CASE("the same seed repeats a run exactly; another seed does not") {
+TEST_CASE("the same seed repeats a run exactly and another seed does not") {
   TempDir a, b, c;
   auto first = test::train(a, regression_spec(16, 2, 4));
   auto second = test::train(b, regression_spec(16, 2, 4));
@@ -128,7 +128,7 @@ TEST_CASE("the learning rate follows warm-up then cosine, and step_info holds th
   CHECK(tloop::lr_factor(linear, 5, 10) == doctest::Approx(0.55));
 }
 
-TEST_CASE("bf16 and fp16 autocast train on CPU; fp16 goes through the grad scaler") {
+TEST_CASE("bf16 and fp16 autocast train on CPU, and fp16 goes through the grad scaler") {
   for (const char* precision : {"bf16", "fp16"}) {
     INFO(precision);
     TempDir dir;

@@ -13,17 +13,29 @@ class EventRecorder : public tloop::Hook {
             "1.0.0",
             "Test hook: writes every event it receives to a file",
             {tloop::required("file", TLOOP_TYPE_STRING, "file the events are appended to"),
-             tloop::option("label", "hook", "name written before each event")}};
+             tloop::option("label", "hook", "name written before each event"),
+             tloop::option("step_info", false, "after each step, also write every step-info key and its values")}};
   }
   EventRecorder(tloop::Context&, const tloop::Options& o)
-      : out_(o.get_string("file"), std::ios::app), label_(o.get_string("label")) {
+      : out_(o.get_string("file"), std::ios::app), label_(o.get_string("label")), step_info_(o.get_bool("step_info")) {
     if (!out_) throw tloop::Error("cannot open " + o.get_string("file"));
   }
 
   void before_train(tloop::Context& c) override { write(c, "before_train"); }
   void before_step(tloop::Context& c) override { write(c, "before_step"); }
   void before_optimizer_step(tloop::Context& c) override { write(c, "before_optimizer_step"); }
-  void after_step(tloop::Context& c) override { write(c, "after_step"); }
+  void after_step(tloop::Context& c) override {
+    write(c, "after_step");
+    if (!step_info_) return;
+    // "<label> step_info <step> <key> v1 v2 ...", one line per key.
+    for (const auto& [key, values] : c.step_info()) {
+      out_.precision(17);
+      out_ << label_ << " step_info " << c.step() << ' ' << key;
+      for (double v : values) out_ << ' ' << v;
+      out_ << '\n';
+    }
+    out_.flush();
+  }
   void after_train(tloop::Context& c) override { write(c, "after_train"); }
   void on_log(tloop::Context& c, const tloop::Metrics& m) override {
     write(c, "on_log", m.empty() ? "" : " " + m.front().first);
@@ -39,6 +51,7 @@ class EventRecorder : public tloop::Hook {
   }
   std::ofstream out_;
   std::string label_;
+  bool step_info_;
 };
 
 }  // namespace

@@ -21,6 +21,7 @@ class ScriptedTask : public tloop::Task {
                 tloop::option("none_every", 0, "every n-th forward returns no loss (0: never)").at_least(0),
                 tloop::option("nan_forwards", 0, "the first n forwards give a NaN loss and gradients").at_least(0),
                 tloop::option("fail_in", "", "event that throws: create | setup | forward"),
+                tloop::option("image_keys", std::vector<std::string>{}, "keys of 2x3 RGBA images logged at step 1"),
             }};
   }
   ScriptedTask(tloop::Context&, const tloop::Options& o)
@@ -28,7 +29,8 @@ class ScriptedTask : public tloop::Task {
         grad_scale_(o.get_double("grad_scale")),
         none_every_(o.get_int("none_every")),
         nan_forwards_(o.get_int("nan_forwards")),
-        fail_in_(o.get_string("fail_in")) {
+        fail_in_(o.get_string("fail_in")),
+        image_keys_(o.get_string_list("image_keys")) {
     if (fail_in_ == "create") throw tloop::Error("scripted failure in create");
   }
 
@@ -42,6 +44,16 @@ class ScriptedTask : public tloop::Task {
     ++forwards_;
     if (fail_in_ == "forward") throw tloop::Error("scripted failure in forward");
     ctx.record("forward", static_cast<double>(forwards_));
+    if (forwards_ == 1 && !image_keys_.empty()) {
+      // 2 wide, 3 high, RGBA; pixel (x, y) = (10x, 20y, 7, 255 - 100x): known values for the decoders.
+      for (int y = 0; y < 3; ++y)
+        for (int x = 0; x < 2; ++x)
+          for (int c = 0; c < 4; ++c)
+            pixels_[(y * 2 + x) * 4 + c] = static_cast<uint8_t>(c == 0 ? 10 * x : c == 1 ? 20 * y : c == 2 ? 7 : 255 - 100 * x);
+      std::vector<tloop::ImageView> images;
+      for (const auto& key : image_keys_) images.push_back({key, 2, 3, 4, 8, pixels_});
+      ctx.log_images(images);
+    }
     if (none_every_ > 0 && forwards_ % none_every_ == 0) return std::nullopt;
     at::Tensor loss = grad_scale_ * w_.sum();
     if (forwards_ <= nan_forwards_) loss = loss * std::numeric_limits<double>::quiet_NaN();
@@ -53,6 +65,8 @@ class ScriptedTask : public tloop::Task {
   double grad_scale_;
   int64_t none_every_, nan_forwards_;
   std::string fail_in_;
+  std::vector<std::string> image_keys_;
+  uint8_t pixels_[2 * 3 * 4] = {};
   int64_t batches_ = 0, forwards_ = 0;
   at::Tensor w_;
 };

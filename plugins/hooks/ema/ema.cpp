@@ -1,0 +1,137 @@
+// ema: an exponential moving average of the model's parameters and buffers,
+// with the semantics of torch.optim.swa_utils.AveragedModel(model,
+// multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True): the first update
+// copies, later ones do ema = decay * ema + (1 - decay) * param, and a count of
+// updates is kept like n_averaged. Updates use the fused _foreach_ kernels.
+// At the end it writes <workspace>/ema_model.pt, which Python's torch.load reads.
+#include <tloop/torch.hpp>
+
+#include <ATen/ops/_foreach_copy.h>
+#include <ATen/ops/_foreach_lerp.h>
+#include <ATen/core/grad_mode.h>
+#include <torch/csrc/jit/serialization/pickle.h>
+
+#include <filesystem>
+#include <fstream>
+
+namespace {
+
+class Ema : public tloop::Hook {
+ public:
+  static tloop::PluginInfo info() {
+    return {"ema",
+            "1.0.0",
+            "Exponential moving average of parameters and buffers; writes ema_model.pt",
+            {
+                tloop::option("decay", 0.999, "ema = decay * ema + (1 - decay) * param").range(0, 1),
+                tloop::option("update_interval", 1, "steps between updates").at_least(1),
+                tloop::option("start_step", 0, "no updates before this step").at_least(0),
+                tloop::option("device", "model", "where the average lives: model (its device) or cpu")
+                    .one_of({"model", "cpu"}),
+                tloop::option("file", "ema_model.pt", "written in the workspace at the end (\"\" for none)"),
+            }};
+  }
+
+  Ema(tloop::Context&, const tloop::Options& o)
+      : decay_(o.get_double("decay")),
+        update_interval_(o.get_int("update_interval")),
+        start_step_(o.get_int("start_step")),
+        on_cpu_(o.get_string("device") == "cpu"),
+        file_(o.get_string("file")) {}
+
+  void before_train(tloop::Context& ctx) override {
+    if (!names_.empty()) return;  // a loaded state already set things up
+    collect(ctx);
+  }
+
+  void after_step(tloop::Context& ctx) override {
+    const int64_t step = ctx.step();
+    if (step < start_step_ || step % update_interval_ != 0) return;
+    at::NoGradGuard no_grad;
+    std::vector<at::Tensor> current = on_cpu_ ? to_cpu(sources_) : sources_;
+    if (n_averaged_ == 0) {
+      at::_foreach_copy_(averaged_, current);
+    } else {
+      // Floating tensors are averaged; integer buffers (counters) are copied.
+      std::vector<at::Tensor> avg_f, cur_f, avg_i, cur_i;
+      for (size_t i = 0; i < averaged_.size(); ++i) {
+        (averaged_[i].is_floating_point() ? avg_f : avg_i).push_back(averaged_[i]);
+        (averaged_[i].is_floating_point() ? cur_f : cur_i).push_back(current[i]);
+      }
+      if (!avg_f.empty()) at::_foreach_lerp_(avg_f, cur_f, 1.0 - decay_);
+      if (!avg_i.empty()) at::_foreach_copy_(avg_i, cur_i);
+    }
+    ++n_averaged_;
+  }
+
+  void after_train(tloop::Context& ctx) override {
+    if (file_.empty() || ctx.rank() != 0) return;
+    c10::Dict<std::string, at::Tensor> dict;
+    for (size_t i = 0; i < names_.size(); ++i) dict.insert(names_[i], averaged_[i].detach().to(at::kCPU));
+    const std::vector<char> bytes = torch::jit::pickle_save(c10::IValue(dict));
+    const std::filesystem::path path = std::filesystem::path(ctx.workspace()) / file_;
+    const std::filesystem::path tmp = path.string() + ".tmp";
+    {
+      std::ofstream out(tmp, std::ios::binary);
+      out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+      if (!out) throw tloop::Error("cannot write " + tmp.string());
+    }
+    std::filesystem::rename(tmp, path);  // never a half-written file under the final name
+    ctx.info("ema: wrote " + path.string() + " (" + std::to_string(n_averaged_) + " updates)");
+  }
+
+  void state_dict(tloop::Context&, tloop::StateWriter& out) override {
+    out.put("n_averaged", n_averaged_);
+    for (size_t i = 0; i < names_.size(); ++i) tloop::put_tensor(out, "ema_model/" + names_[i], averaged_[i]);
+  }
+
+  void load_state_dict(tloop::Context& ctx, const tloop::StateReader& in) override {
+    if (names_.empty()) collect(ctx);
+    n_averaged_ = in.get_int("n_averaged").value_or(0);
+    at::NoGradGuard no_grad;
+    for (size_t i = 0; i < names_.size(); ++i) {
+      auto t = tloop::get_tensor(in, "ema_model/" + names_[i]);
+      if (!t) throw tloop::Error("the saved EMA state has no '" + names_[i] + "'");
+      averaged_[i].copy_(*t);
+    }
+  }
+
+ private:
+  void collect(tloop::Context& ctx) {
+    struct Acc {
+      std::vector<std::string>* names;
+      std::vector<at::Tensor>* tensors;
+    } acc{&names_, &sources_};
+    auto visit = [](void* user, const char* name, tloop_tensor t) {
+      auto* a = static_cast<Acc*>(user);
+      a->names->push_back(name);
+      a->tensors->push_back(tloop::from_borrowed(t));
+    };
+    ctx.api()->visit_parameters(ctx.host(), visit, &acc);
+    ctx.api()->visit_buffers(ctx.host(), visit, &acc);
+    at::NoGradGuard no_grad;
+    for (const auto& t : sources_) {
+      at::Tensor copy = t.detach().clone();
+      averaged_.push_back(on_cpu_ ? copy.to(at::kCPU) : copy);
+    }
+  }
+
+  static std::vector<at::Tensor> to_cpu(const std::vector<at::Tensor>& ts) {
+    std::vector<at::Tensor> out;
+    out.reserve(ts.size());
+    for (const auto& t : ts) out.push_back(t.detach().to(at::kCPU, /*non_blocking=*/false));
+    return out;
+  }
+
+  double decay_;
+  int64_t update_interval_, start_step_;
+  bool on_cpu_;
+  std::string file_;
+  int64_t n_averaged_ = 0;
+  std::vector<std::string> names_;
+  std::vector<at::Tensor> sources_, averaged_;
+};
+
+}  // namespace
+
+TLOOP_PLUGIN_LIBRARY(tloop::hook<Ema>())

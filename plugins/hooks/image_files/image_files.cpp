@@ -1,0 +1,109 @@
+// image_files: trainloop's ImageFileLoggerHook. Every log_images call writes
+// <workspace>/visualizations/<step>/<key path>.<format> (rank 0 only), PNG or
+// JPEG (alpha flattened onto white). Keys are sanitised so that no image can
+// land outside its step directory. Encoding by stb_image_write (Debian libstb).
+#include <tloop/sdk.hpp>
+
+#include <stb_image_write.h>
+
+#include <filesystem>
+#include <set>
+#include <vector>
+
+namespace {
+namespace fs = std::filesystem;
+
+// A relative path made of safe segments, or "" when nothing safe is left.
+// Returns whether anything had to change: a leading '/' (absolute path), empty,
+// "." and ".." segments are dropped; characters other than [A-Za-z0-9_.=+-]
+// become '_'.
+bool sanitize(const std::string& key, std::string& out) {
+  out.clear();
+  bool changed = false;
+  size_t start = 0;
+  for (;;) {
+    const size_t end = std::min(key.find('/', start), key.size());
+    std::string seg = key.substr(start, end - start);
+    if (seg.empty() || seg == "." || seg == "..") {
+      changed = true;
+    } else {
+      for (char& c : seg)
+        if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.' || c == '=' || c == '+')) {
+          c = '_';
+          changed = true;
+        }
+      out += (out.empty() ? "" : "/") + seg;
+    }
+    if (end == key.size()) return changed;
+    start = end + 1;
+  }
+}
+
+class ImageFiles : public tloop::Hook {
+ public:
+  static tloop::PluginInfo info() {
+    return {"image_files",
+            "1.0.0",
+            "Writes logged images to <workspace>/visualizations/<step>/<key>.<format>",
+            {
+                tloop::option("image_format", "png", "png or jpg (alpha flattened onto white)").one_of({"png", "jpg"}),
+                tloop::option("jpeg_quality", 95, "JPEG quality").range(1, 100),
+                tloop::option("dir", "visualizations", "directory in the workspace"),
+            }};
+  }
+
+  ImageFiles(tloop::Context&, const tloop::Options& o)
+      : format_(o.get_string("image_format")), quality_(static_cast<int>(o.get_int("jpeg_quality"))),
+        dir_(o.get_string("dir")) {}
+
+  void on_log_images(tloop::Context& ctx, const std::vector<tloop::ImageView>& images) override {
+    if (ctx.rank() != 0) return;
+    const fs::path step_dir = fs::path(ctx.workspace()) / dir_ / std::to_string(ctx.step());
+    for (const auto& im : images) {
+      std::string rel;
+      if (sanitize(im.key, rel) && warned_.insert(im.key).second)
+        ctx.warn("image_files: key '" + im.key + "' is not a safe relative path; writing it as '" + rel + "'");
+      if (rel.empty()) {
+        ctx.warn("image_files: key '" + im.key + "' has no usable name; image skipped");
+        continue;
+      }
+      const fs::path path = step_dir / (rel + "." + format_);
+      fs::create_directories(path.parent_path());
+      write(path, im);
+    }
+  }
+
+ private:
+  void write(const fs::path& path, const tloop::ImageView& im) {
+    // Rows tightly packed; JPEG gets no alpha channel.
+    const int out_channels = format_ == "jpg" ? (im.channels == 1 ? 1 : 3) : im.channels;
+    std::vector<unsigned char> buf(static_cast<size_t>(im.width) * im.height * out_channels);
+    for (int y = 0; y < im.height; ++y) {
+      const uint8_t* row = im.pixels + static_cast<int64_t>(y) * im.row_stride;
+      for (int x = 0; x < im.width; ++x) {
+        const uint8_t* px = row + x * im.channels;
+        unsigned char* out = &buf[(static_cast<size_t>(y) * im.width + x) * out_channels];
+        if (out_channels == im.channels) {
+          std::copy(px, px + im.channels, out);
+        } else {  // RGBA -> RGB over white
+          const int a = px[3];
+          for (int c = 0; c < 3; ++c) out[c] = static_cast<unsigned char>((px[c] * a + 255 * (255 - a) + 127) / 255);
+        }
+      }
+    }
+    const std::string p = path.string();
+    const int ok = format_ == "png"
+                       ? stbi_write_png(p.c_str(), im.width, im.height, out_channels, buf.data(), im.width * out_channels)
+                       : stbi_write_jpg(p.c_str(), im.width, im.height, out_channels, buf.data(), quality_);
+    if (!ok) throw tloop::Error("cannot write image " + p);
+  }
+
+  std::string format_;
+  int quality_;
+  std::string dir_;
+  std::set<std::string> warned_;
+};
+
+}  // namespace
+
+TLOOP_PLUGIN_LIBRARY(tloop::hook<ImageFiles>())

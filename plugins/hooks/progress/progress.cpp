@@ -1,0 +1,172 @@
+// progress: trainloop's ProgressHook. On a terminal a live one-line bar
+// (percent, steps/s, ETA, loss) redrawn in place; elsewhere (CI, files) a plain
+// line every `interval` steps with step/max, times, ETA, memory, loss, grad
+// norm, learning rates and, with `with_records`, the records.
+// Needs no LibTorch: everything comes from the step info.
+#include <tloop/sdk.hpp>
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <numeric>
+#include <sstream>
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double mean(const std::vector<double>& v) {
+  return v.empty() ? NAN : std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
+}
+double sum(const std::vector<double>& v) { return std::accumulate(v.begin(), v.end(), 0.0); }
+
+std::string duration(double seconds) {
+  if (!std::isfinite(seconds) || seconds < 0) return "?";
+  const long s = std::lround(seconds);
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%ld:%02ld:%02ld", s / 3600, (s / 60) % 60, s % 60);
+  return buf;
+}
+
+std::string number(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%.4g", v);
+  return buf;
+}
+
+class Progress : public tloop::Hook {
+ public:
+  static tloop::PluginInfo info() {
+    return {"progress",
+            "1.0.0",
+            "Progress with ETA: a live bar on a terminal, plain lines every interval elsewhere",
+            {
+                tloop::option("interval", 1, "steps between plain progress lines").at_least(1),
+                tloop::option("with_records", false, "also show the task's records"),
+                tloop::option("sync", false, "average over ranks in distributed runs (no-op on one process)"),
+                tloop::option("eta_warmup", 10, "steps after the start (or resume) before an ETA is shown")
+                    .at_least(0),
+                tloop::option("show_units", true, "print units (s, GiB) after values"),
+                tloop::option("bar", "auto", "live bar: auto (when stdout is a terminal), always, never")
+                    .one_of({"auto", "always", "never"}),
+            }};
+  }
+
+  Progress(tloop::Context&, const tloop::Options& o)
+      : interval_(o.get_int("interval")),
+        with_records_(o.get_bool("with_records")),
+        eta_warmup_(o.get_int("eta_warmup")),
+        units_(o.get_bool("show_units")) {
+    const std::string bar = o.get_string("bar");
+    live_ = bar == "always" || (bar == "auto" && isatty(STDOUT_FILENO));
+  }
+
+  void before_train(tloop::Context& ctx) override {
+    if (ctx.rank() != 0) return;
+    start_step_ = ctx.step();  // the ETA counts from here, so it is right after a resume
+    start_time_ = Clock::now();
+    if (eta_warmup_ == 0) {
+      warm_step_ = start_step_;
+      warm_time_ = start_time_;
+    }
+    ctx.info(ctx.step() > 0 ? "Resuming training at step " + std::to_string(ctx.step()) + "/" +
+                                  std::to_string(ctx.max_steps())
+                            : "Starting training: " + std::to_string(ctx.max_steps()) + " steps");
+  }
+
+  void after_step(tloop::Context& ctx) override {
+    if (ctx.rank() != 0) return;
+    const int64_t step = ctx.step(), max_steps = ctx.max_steps();
+    if (step - start_step_ == eta_warmup_) {
+      warm_step_ = step;
+      warm_time_ = Clock::now();
+    }
+    const bool last = step == max_steps;
+    if (live_) {
+      const auto now = Clock::now();
+      if (last || now - last_draw_ >= std::chrono::milliseconds(100)) {
+        last_draw_ = now;
+        draw_bar(ctx, step, max_steps);
+      }
+    } else if (step % interval_ == 0 || last) {
+      ctx.info(line(ctx, step, max_steps));
+    }
+  }
+
+  void after_train(tloop::Context& ctx) override {
+    if (ctx.rank() != 0) return;
+    if (live_) {
+      std::fputs("\n", stdout);
+      std::fflush(stdout);
+    }
+    const double seconds = std::chrono::duration<double>(Clock::now() - start_time_).count();
+    ctx.info("Finished training: " + std::to_string(ctx.step() - start_step_) + " steps in " + duration(seconds));
+  }
+
+ private:
+  // Seconds left, once eta_warmup steps have run since the start or resume.
+  double eta(int64_t step, int64_t max_steps) const {
+    if (warm_step_ < 0 || step <= warm_step_) return NAN;
+    const double per_step =
+        std::chrono::duration<double>(Clock::now() - warm_time_).count() / static_cast<double>(step - warm_step_);
+    return per_step * static_cast<double>(max_steps - step);
+  }
+
+  std::string unit(const char* u) const { return units_ ? u : ""; }
+
+  std::string line(tloop::Context& ctx, int64_t step, int64_t max_steps) {
+    const auto info = ctx.step_info();
+    auto get = [&](const std::string& k) {
+      auto it = info.find(k);
+      return it == info.end() ? std::vector<double>{} : it->second;
+    };
+    std::ostringstream os;
+    os << "step " << step << "/" << max_steps;
+    if (auto t = get("step_time"); !t.empty()) os << " | step " << number(t[0]) << unit("s");
+    if (auto t = get("data_time"); !t.empty()) os << " | data " << number(sum(t)) << unit("s");
+    const double left = eta(step, max_steps);
+    if (std::isfinite(left)) os << " | ETA " << duration(left);
+    for (const char* mem : {"max_memory", "max_rss"})
+      if (auto m = get(mem); !m.empty()) os << " | mem " << number(m.back()) << unit(" GiB");
+    if (auto l = get("loss"); !l.empty()) os << " | loss " << number(mean(l));
+    if (auto g = get("grad_norm"); !g.empty()) os << " | grad_norm " << number(g.back());
+    for (const auto& [k, v] : info)
+      if (k.rfind("lr/", 0) == 0 && !v.empty()) os << " | " << (k.size() > 3 ? "lr " + k.substr(3) : k) << " " << number(v.back());
+    if (with_records_)
+      for (const auto& [k, v] : info)
+        if (k.rfind("records/", 0) == 0 && !v.empty()) os << " | " << k.substr(8) << " " << number(mean(v));
+    return os.str();
+  }
+
+  void draw_bar(tloop::Context& ctx, int64_t step, int64_t max_steps) {
+    constexpr int kWidth = 30;
+    const double fraction = static_cast<double>(step) / static_cast<double>(max_steps);
+    const int filled = static_cast<int>(fraction * kWidth);
+    std::string bar(static_cast<size_t>(filled), '=');
+    if (filled < kWidth) bar += '>' + std::string(static_cast<size_t>(kWidth - filled - 1), ' ');
+    const double elapsed = std::chrono::duration<double>(Clock::now() - start_time_).count();
+    const double rate = elapsed > 0 ? static_cast<double>(step - start_step_) / elapsed : 0.0;
+    const double left = eta(step, max_steps);
+    const std::vector<double> loss = ctx.step_info("loss");
+    char buf[256];
+    std::snprintf(buf, sizeof(buf), "\r[%s] %3.0f%% %lld/%lld | %.1f steps/s | ETA %s | loss %s\033[K", bar.c_str(),
+                  fraction * 100.0, static_cast<long long>(step), static_cast<long long>(max_steps), rate,
+                  std::isfinite(left) ? duration(left).c_str() : "?", loss.empty() ? "-" : number(mean(loss)).c_str());
+    std::fputs(buf, stdout);
+    std::fflush(stdout);
+  }
+
+  int64_t interval_;
+  bool with_records_;
+  int64_t eta_warmup_;
+  bool units_;
+  bool live_ = false;
+  int64_t start_step_ = 0, warm_step_ = -1;
+  Clock::time_point start_time_, warm_time_, last_draw_;
+};
+
+}  // namespace
+
+TLOOP_PLUGIN_LIBRARY(tloop::hook<Progress>())
