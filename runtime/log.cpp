@@ -49,11 +49,13 @@ std::optional<Level> parse_level(const std::string& name) {
 
 void set_level(Level level) { logger().sinks().front()->set_level(to_spdlog(level)); }
 
-void add_file_sink(const std::string& path) {
+void set_file_sink(const std::string& path) {
   auto file = std::make_shared<spdlog::sinks::basic_file_sink_mt>(path, /*truncate=*/false);
   file->set_pattern("[%Y-%m-%d %H:%M:%S.%e] [%l] %v");
   file->set_level(spdlog::level::debug);
-  logger().sinks().push_back(file);
+  auto& sinks = logger().sinks();
+  sinks.resize(1);  // the terminal stays; a previous run's file goes
+  sinks.push_back(file);
 }
 
 void flush() { logger().flush(); }

@@ -13,8 +13,9 @@ enum class Level { debug, info, warn, error, off };
 /// Parses "debug" | "info" | "warn" | "error" | "off".
 std::optional<Level> parse_level(const std::string& name);
 void set_level(Level level);
-/// Also writes every message to `path` (appending), flushed on warnings and at exit.
-void add_file_sink(const std::string& path);
+/// Also writes every message to `path` (appending), replacing the file of an
+/// earlier run in this process; flushed on warnings and by flush().
+void set_file_sink(const std::string& path);
 void flush();
 
 void write(Level level, const std::string& message);

@@ -90,7 +90,7 @@ void Run::execute() {
 
   // Everything is valid: now the workspace may be written.
   fs::create_directories(fs::path(info.workspace) / "logs");
-  log::add_file_sink((fs::path(info.workspace) / "logs" / "tloop.log").string());
+  log::set_file_sink((fs::path(info.workspace) / "logs" / "tloop.log").string());
   {
     std::ofstream out(fs::path(info.workspace) / "spec.resolved.toml");
     out << "# The fully resolved run spec of this run (defaults filled), written by tloop.\n"
@@ -119,6 +119,9 @@ void Run::execute() {
   trainer_ = std::make_unique<Trainer>(TrainerConfig::from(s, device_), *host_, *task_, hooks_, *optimizer_);
 
   const auto t0 = std::chrono::steady_clock::now();
+  struct FlushLog {
+    ~FlushLog() { log::flush(); }
+  } flush_log;  // the log file is complete when execute returns, also on failure
   trainer_->train();
   seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }

@@ -100,8 +100,8 @@ TEST_CASE("clipping records the pre-clip gradient norm and clips") {
 TEST_CASE("events of a step reach two hooks in spec order") {
   TempDir dir;
   const std::string events = (dir / "events.txt").string();
-  const std::string hooks = "[[hooks]]\nplugin = \"event_recorder\"\nlabel = \"A\"\nfile = \"" + events +
-                            "\"\n[[hooks]]\nplugin = \"event_recorder\"\nlabel = \"B\"\nfile = \"" + events + "\"\n";
+  const std::string hooks = "[[hooks]]\nplugin = \"event_recorder\"\nkey = \"A\"\nlabel = \"A\"\nfile = \"" + events +
+                            "\"\n[[hooks]]\nplugin = \"event_recorder\"\nkey = \"B\"\nlabel = \"B\"\nfile = \"" + events + "\"\n";
   test::train(dir, scripted_spec("", "", 2) + hooks);
   std::vector<std::string> expected = {"A before_train 0", "B before_train 0"};
   for (int step = 1; step <= 2; ++step)

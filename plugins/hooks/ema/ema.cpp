@@ -5,14 +5,13 @@
 // updates is kept like n_averaged. Updates use the fused _foreach_ kernels.
 // At the end it writes <workspace>/ema_model.pt, which Python's torch.load reads.
 #include <tloop/torch.hpp>
+#include <tloop/torch_save.hpp>
 
 #include <ATen/ops/_foreach_copy.h>
 #include <ATen/ops/_foreach_lerp.h>
 #include <ATen/core/grad_mode.h>
-#include <torch/csrc/jit/serialization/pickle.h>
 
 #include <filesystem>
-#include <fstream>
 
 namespace {
 
@@ -66,16 +65,11 @@ class Ema : public tloop::Hook {
 
   void after_train(tloop::Context& ctx) override {
     if (file_.empty() || ctx.rank() != 0) return;
-    c10::Dict<std::string, at::Tensor> dict;
-    for (size_t i = 0; i < names_.size(); ++i) dict.insert(names_[i], averaged_[i].detach().to(at::kCPU));
-    const std::vector<char> bytes = torch::jit::pickle_save(c10::IValue(dict));
+    std::vector<std::pair<std::string, at::Tensor>> named;
+    for (size_t i = 0; i < names_.size(); ++i) named.emplace_back(names_[i], averaged_[i]);
     const std::filesystem::path path = std::filesystem::path(ctx.workspace()) / file_;
     const std::filesystem::path tmp = path.string() + ".tmp";
-    {
-      std::ofstream out(tmp, std::ios::binary);
-      out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-      if (!out) throw tloop::Error("cannot write " + tmp.string());
-    }
+    tloop::save_tensors(tmp.string(), named);
     std::filesystem::rename(tmp, path);  // never a half-written file under the final name
     ctx.info("ema: wrote " + path.string() + " (" + std::to_string(n_averaged_) + " updates)");
   }

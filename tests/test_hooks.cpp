@@ -1,0 +1,200 @@
+// The built-in hook plugins, loaded through the loader in real runs.
+#include "support.h"
+
+#include <doctest/doctest.h>
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <map>
+#include <sstream>
+
+using test::TempDir;
+
+namespace {
+
+const std::string kTestPlugins = std::string("[plugins]\npaths = [\"") + TLOOP_TEST_PLUGIN_DIR + "\"]\n";
+
+// scripted_task with SGD lr 1 and gradient 1: after step t every w_i is 1 - t.
+std::string linear_spec(int steps, const std::string& hooks) {
+  return kTestPlugins + "[trainer]\nmax_steps = " + std::to_string(steps) +
+         "\n[task]\nplugin = \"scripted_task\"\ndim = 3\n[optimizer]\ntype = \"sgd\"\nlr = 1.0\n" + hooks;
+}
+
+std::vector<double> as_values(const tloop::StateValue& v) {
+  at::Tensor t = std::get<at::Tensor>(v).detach().to(at::kCPU, at::kDouble).contiguous();
+  return std::vector<double>(t.data_ptr<double>(), t.data_ptr<double>() + t.numel());
+}
+
+// step -> key -> values, from event_recorder's step_info lines.
+std::map<int, std::map<std::string, std::vector<double>>> recorded_step_info(const test::fs::path& file) {
+  std::map<int, std::map<std::string, std::vector<double>>> out;
+  for (const auto& line : test::read_lines(file)) {
+    std::istringstream in(line);
+    std::string label, what, key;
+    int step;
+    in >> label >> what;
+    if (what != "step_info") continue;
+    in >> step >> key;
+    for (double v; in >> v;) out[step][key].push_back(v);
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("ema equals the closed form over k steps and counts its updates") {
+  TempDir dir;
+  auto run = test::train(dir, linear_spec(5, "[[hooks]]\nplugin = \"ema\"\ndecay = 0.75\n"));
+  // w_t = 1 - t; the first update copies, then ema = 0.75 ema + 0.25 w_t.
+  double ema = 0.0;
+  for (int t = 2; t <= 5; ++t) ema = 0.75 * ema + 0.25 * (1.0 - t);
+  const tloop::StateDict state = run->plugin_state();
+  CHECK(std::get<int64_t>(state.at("hooks/ema/n_averaged")) == 5);
+  for (double v : as_values(state.at("hooks/ema/ema_model/w"))) CHECK(v == doctest::Approx(ema).epsilon(1e-6));
+}
+
+TEST_CASE("ema honours update_interval and start_step") {
+  TempDir dir;
+  auto run = test::train(
+      dir, linear_spec(6, "[[hooks]]\nplugin = \"ema\"\ndecay = 0.5\nupdate_interval = 2\nstart_step = 3\ndevice = \"cpu\"\n"));
+  // Updates at steps 4 and 6: copy w_4 = -3, then 0.5 * -3 + 0.5 * -5.
+  const tloop::StateDict state = run->plugin_state();
+  CHECK(std::get<int64_t>(state.at("hooks/ema/n_averaged")) == 2);
+  for (double v : as_values(state.at("hooks/ema/ema_model/w"))) CHECK(v == doctest::Approx(-4.0));
+}
+
+TEST_CASE("ema survives a state-dict round trip, and two instances keep separate state") {
+  TempDir a, b;
+  const std::string hooks = "[[hooks]]\nplugin = \"ema\"\ndecay = 0.5\n[[hooks]]\nplugin = \"ema\"\nkey = \"ema_slow\"\ndecay = 0.9\n";
+  auto first = test::train(a, linear_spec(4, hooks));
+  auto second = test::train(b, linear_spec(2, hooks));
+  const tloop::StateDict saved = first->plugin_state();
+  CHECK(as_values(saved.at("hooks/ema/ema_model/w")) != as_values(saved.at("hooks/ema_slow/ema_model/w")));
+  second->load_plugin_state(saved);
+  const tloop::StateDict loaded = second->plugin_state();
+  for (const char* key : {"hooks/ema/ema_model/w", "hooks/ema_slow/ema_model/w"}) {
+    INFO(key);
+    CHECK(as_values(loaded.at(key)) == as_values(saved.at(key)));
+  }
+  CHECK(std::get<int64_t>(loaded.at("hooks/ema_slow/n_averaged")) == 4);
+}
+
+TEST_CASE("two hooks with the same state key are a spec error") {
+  TempDir dir;
+  CHECK_THROWS_WITH_AS(test::train(dir, linear_spec(1, "[[hooks]]\nplugin = \"ema\"\n[[hooks]]\nplugin = \"ema\"\n")),
+                       doctest::Contains("hooks[1]: its state key 'ema' is used by hooks[0] too"), tloop::SpecError);
+}
+
+TEST_CASE("logging's aggregates equal hand-computed means and log the learning rate each step used") {
+  TempDir dir;
+  const std::string events = (dir / "events.txt").string();
+  const std::string spec =
+      "[plugins]\npaths = [\"" + std::string(TLOOP_TEST_PLUGIN_DIR) +
+      "\"]\n[trainer]\nmax_steps = 7\ngradient_accumulation_steps = 2\ngrad_clip = 10.0\n"
+      "[task]\nplugin = \"regression_mlp\"\nbatch_size = 8\n[optimizer]\ntype = \"sgd\"\nlr = 0.1\n"
+      "[scheduler]\ntype = \"linear\"\nwarmup_steps = 3\n"
+      "[[hooks]]\nplugin = \"cuda_max_memory\"\n"
+      "[[hooks]]\nplugin = \"event_recorder\"\nstep_info = true\nfile = \"" + events + "\"\n"
+      "[[hooks]]\nplugin = \"logging\"\ninterval = 3\n";
+  test::train(dir, spec);
+  const auto info = recorded_step_info(events);
+  std::vector<nlohmann::json> rows;
+  for (const auto& line : test::read_lines(dir / "ws" / "metrics.jsonl")) rows.push_back(nlohmann::json::parse(line));
+  REQUIRE(rows.size() == 3);  // steps 3 and 6, and the last step 7
+  const std::vector<std::pair<int, int>> intervals = {{1, 3}, {4, 6}, {7, 7}};
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const auto [first, last] = intervals[r];
+    INFO("interval ending at step ", last);
+    CHECK(rows[r]["step"] == last);
+    for (const char* key : {"loss", "grad_norm", "data_time", "step_time", "retries"}) {
+      double sum = 0;
+      int n = 0;
+      for (int s = first; s <= last; ++s)
+        for (double v : info.at(s).at(key)) {
+          sum += v;
+          ++n;
+        }
+      INFO(key);
+      CHECK(rows[r][std::string("train/") + key].get<double>() == doctest::Approx(sum / n).epsilon(1e-12));
+    }
+    double max_rss = 0;
+    for (int s = first; s <= last; ++s) max_rss = std::max(max_rss, info.at(s).at("max_rss")[0]);
+    CHECK(rows[r]["train/max_rss"].get<double>() == doctest::Approx(max_rss));
+    // The rate the interval's last step used: the schedule at (last - 1) completed steps.
+    const double used = 0.1 * tloop::lr_factor({"linear", 3, 0.0}, last - 1, 7);
+    CHECK(rows[r]["train/lr/group_0"].get<double>() == doctest::Approx(used).epsilon(1e-12));
+    CHECK(used != doctest::Approx(0.1 * tloop::lr_factor({"linear", 3, 0.0}, last, 7)));
+  }
+}
+
+TEST_CASE("progress prints step/max lines with an ETA after warm-up when not on a terminal") {
+  TempDir dir;
+  test::write_file(dir / "spec.toml",
+                   "[run]\nworkspace = \"" + (dir / "ws").string() +
+                       "\"\n[trainer]\nmax_steps = 6\n[task]\nplugin = \"regression_mlp\"\n"
+                       "[[hooks]]\nplugin = \"progress\"\ninterval = 2\neta_warmup = 2\nwith_records = true\n");
+  auto r = test::run_command("(" + test::cli() + " run " + (dir / "spec.toml").string() + " 2>&1) < /dev/null | cat");
+  INFO(r.output);
+  CHECK(r.exit_code == 0);
+  CHECK(r.output.find("Starting training: 6 steps") != std::string::npos);
+  CHECK(r.output.find("Finished training: 6 steps in") != std::string::npos);
+  const auto step_line = [&](int step) {
+    const std::string head = "step " + std::to_string(step) + "/6 |";
+    const size_t at = r.output.find(head);
+    return at == std::string::npos ? std::string() : r.output.substr(at, r.output.find('\n', at) - at);
+  };
+  CHECK(step_line(2).find("| loss ") != std::string::npos);
+  CHECK(step_line(2).find("ETA") == std::string::npos);  // still warming up
+  CHECK(step_line(4).find("| ETA 0:00:") != std::string::npos);
+  CHECK(step_line(6).find("| lr group_0 ") != std::string::npos);
+  CHECK(step_line(3).empty());
+  CHECK(r.output.find('\r') == std::string::npos);
+}
+
+TEST_CASE("progress redraws one line under a pseudo-terminal") {
+  TempDir dir;
+  test::write_file(dir / "spec.toml",
+                   "[run]\nworkspace = \"" + (dir / "ws").string() +
+                       "\"\n[trainer]\nmax_steps = 3000\n[task]\nplugin = \"regression_mlp\"\n"
+                       "[[hooks]]\nplugin = \"progress\"\n");
+  // util-linux `script` gives the command a pseudo-terminal as stdout.
+  auto r = test::run_command("script -qefc '" + test::cli() + " run " + (dir / "spec.toml").string() + "' /dev/null");
+  INFO(r.output);
+  CHECK(r.exit_code == 0);
+  CHECK(r.output.find("\r[==============================] 100% 3000/3000 |") != std::string::npos);
+  CHECK(r.output.find("steps/s | ETA") != std::string::npos);
+  CHECK(r.output.find("step 1/3000 |") == std::string::npos);  // no plain lines on a terminal
+  // Every redraw starts with \r on the same line: the bar adds a single newline at the end.
+  const std::string bar = r.output.substr(r.output.find("\r["));
+  CHECK(std::count(bar.begin(), bar.begin() + static_cast<long>(bar.find("Finished")), '\n') <= 2);
+}
+
+TEST_CASE("image_files writes each image under its step and keeps keys inside the workspace") {
+  TempDir dir;
+  auto run = test::train(dir, linear_spec(2, "[[hooks]]\nplugin = \"image_files\"\n") ,
+                         {"task.image_keys=[\"a/b\", \"../../escape\", \"/abs/x\", \"we ird\"]"});
+  const test::fs::path step1 = dir / "ws" / "visualizations" / "1";
+  for (const char* file : {"a/b.png", "escape.png", "abs/x.png", "we_ird.png"}) {
+    INFO(file);
+    CHECK(test::read_file(step1 / file).substr(1, 3) == "PNG");
+  }
+  CHECK_FALSE(test::fs::exists(dir / "escape.png"));
+  CHECK_FALSE(test::fs::exists(dir / "ws" / "escape.png"));
+  const std::string log = test::read_file(dir / "ws" / "logs" / "tloop.log");
+  CHECK(log.find("image_files: key '../../escape' is not a safe relative path; writing it as 'escape'") !=
+        std::string::npos);
+}
+
+TEST_CASE("cuda_max_memory on CPU says so once and records the peak RSS") {
+  TempDir dir;
+  auto run = test::train(dir, linear_spec(3, "[[hooks]]\nplugin = \"cuda_max_memory\"\n"));
+  const auto& rss = run->host().step_info()["max_rss"];
+  REQUIRE(rss.size() == 1);
+  CHECK(rss[0] > 0.01);  // GiB: a process with LibTorch loaded uses well over 10 MiB
+  CHECK(rss[0] < 64.0);
+  CHECK(run->host().step_info().count("max_memory") == 0);
+  const std::string log = test::read_file(dir / "ws" / "logs" / "tloop.log");
+  const std::string said = "cuda_max_memory: the run is on cpu; recording the process's peak resident memory";
+  CHECK(log.find(said) != std::string::npos);
+  CHECK(log.find(said) == log.rfind(said));
+}
