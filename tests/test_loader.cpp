@@ -92,3 +92,18 @@ TEST_CASE("a refused library on the plugin path stops a run with exit code 2") {
   CHECK(r.output.find((dir / "plugins" / "abi_major_2.so").string() + ": built for plugin ABI 2.") != std::string::npos);
   CHECK_FALSE(std::filesystem::exists(dir / "ws"));
 }
+
+TEST_CASE("a plugin built against the frozen v1.0 header loads and works in the current host") {
+  TempDir dir;
+  const std::string events = (dir / "events.txt").string();
+  auto run = test::train(dir, std::string("[plugins]\npaths = [\"") + TLOOP_TEST_PLUGIN_DIR +
+                                  "\"]\n[trainer]\nmax_steps = 2\n[task]\nplugin = \"regression_mlp\"\n"
+                                  "[[hooks]]\nplugin = \"logging\"\ninterval = 1\n"
+                                  "[[hooks]]\nplugin = \"frozen_v1_0_hook\"\nfile = \"" + events + "\"\n");
+  INFO(test::read_file(events));
+  CHECK(test::read_lines(events) ==
+        std::vector<std::string>{"before_train 0", "before_step 1", "before_optimizer_step 1 loss", "on_log 1 loss",
+                                 "after_step 1 loss", "before_step 2", "before_optimizer_step 2 loss",
+                                 "on_log 2 loss", "after_step 2 loss", "after_train 2 loss"});
+  CHECK(std::get<int64_t>(run->plugin_state().at("hooks/frozen_v1_0_hook/events")) == 1);
+}

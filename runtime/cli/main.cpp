@@ -6,6 +6,7 @@
 // Exit codes: 0 success, 2 bad input, 1 training failure, 128+N after signal N.
 #include "../log.h"
 #include "../run.h"
+#include "../scaffold.h"
 #include "../signals.h"
 #include "../text.h"
 
@@ -109,6 +110,11 @@ int main(int argc, char** argv) {
   describe_cmd->add_option("plugin", plugin_name, "plugin name")->required();
   describe_cmd->add_option("--path", plugin_dirs, "extra plugin directory (repeatable)");
 
+  std::string new_kind, new_name;
+  auto* new_cmd = app.add_subcommand("new", "Create a plugin project: tloop new hook|task NAME");
+  new_cmd->add_option("kind", new_kind, "hook or task")->required()->check(CLI::IsMember({"hook", "task"}));
+  new_cmd->add_option("name", new_name, "plugin name (lowercase, digits, '_')")->required();
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -139,6 +145,11 @@ int main(int argc, char** argv) {
       code = list_plugins(plugin_dirs);
     } else if (*describe_cmd) {
       code = describe(plugin_name, plugin_dirs);
+    } else if (*new_cmd) {
+      std::cout << tloop::scaffold_plugin(new_kind, new_name)
+                << "Build it against the installed tloop:\n  cmake -S " << new_name << " -B " << new_name
+                << "/build -DCMAKE_PREFIX_PATH=<tloop prefix> && cmake --build " << new_name << "/build && ctest --test-dir "
+                << new_name << "/build\n";
     }
   } catch (const tloop::SpecError& e) {
     for (const auto& p : e.problems()) tloop::log::error(p);
@@ -147,6 +158,9 @@ int main(int argc, char** argv) {
     tloop::log::error(e.what());
     code = kBadInput;
   } catch (const tloop::PluginCreateError& e) {
+    tloop::log::error(e.what());
+    code = kBadInput;
+  } catch (const std::invalid_argument& e) {
     tloop::log::error(e.what());
     code = kBadInput;
   } catch (const tloop::Interrupted& e) {

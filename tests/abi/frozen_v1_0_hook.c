@@ -1,0 +1,86 @@
+/* A hook compiled against the frozen ABI 1.0 header (tests/abi/v1.0), not the
+ * current one: the current host must load it and drive every 1.0 event.
+ * Writes one line per event to the file named by its `file` option. */
+#include <tloop/plugin.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if TLOOP_ABI_VERSION_MAJOR != 1 || TLOOP_ABI_VERSION_MINOR != 0
+#error "this plugin must be built against the frozen 1.0 header"
+#endif
+
+typedef struct recorder {
+  FILE* out;
+} recorder;
+
+static tloop_status create(const tloop_context* ctx, const tloop_options* options, void** out_self) {
+  const char* file = NULL;
+  if (ctx->api->option_string(options, "file", &file) != TLOOP_OK) {
+    ctx->api->set_error(ctx->host, "option 'file' is missing");
+    return TLOOP_INVALID_ARGUMENT;
+  }
+  recorder* self = calloc(1, sizeof(recorder));
+  self->out = fopen(file, "w");
+  if (self->out == NULL) {
+    free(self);
+    ctx->api->set_error(ctx->host, "cannot open the output file");
+    return TLOOP_ERROR;
+  }
+  *out_self = self;
+  return TLOOP_OK;
+}
+
+static void destroy(void* self) {
+  fclose(((recorder*)self)->out);
+  free(self);
+}
+
+static tloop_status event(void* self, const tloop_context* ctx, const char* name) {
+  const double* loss = NULL;
+  size_t n = 0;
+  recorder* r = self;
+  fprintf(r->out, "%s %lld", name, (long long)ctx->api->step(ctx->host));
+  if (ctx->api->step_info_get(ctx->host, "loss", &loss, &n) == TLOOP_OK && n > 0) fprintf(r->out, " loss");
+  fprintf(r->out, "\n");
+  fflush(r->out);
+  return TLOOP_OK;
+}
+
+static tloop_status before_train(void* s, const tloop_context* c) { return event(s, c, "before_train"); }
+static tloop_status before_step(void* s, const tloop_context* c) { return event(s, c, "before_step"); }
+static tloop_status before_optimizer_step(void* s, const tloop_context* c) {
+  return event(s, c, "before_optimizer_step");
+}
+static tloop_status after_step(void* s, const tloop_context* c) { return event(s, c, "after_step"); }
+static tloop_status after_train(void* s, const tloop_context* c) { return event(s, c, "after_train"); }
+static tloop_status on_log(void* s, const tloop_context* c, const tloop_metric* m, size_t n) {
+  (void)m;
+  (void)n;
+  return event(s, c, "on_log");
+}
+static tloop_status state_dict(void* s, const tloop_context* c, tloop_state* out) {
+  (void)s;
+  return c->api->state_put_int(out, "events", 1);
+}
+
+static const tloop_option_desc options[] = {
+    {sizeof(tloop_option_desc), "file", TLOOP_TYPE_STRING, NULL, "output file", 0, 0, 0, 0, NULL},
+};
+
+static const tloop_hook_vtable vtable = {
+    sizeof(tloop_hook_vtable), create,     destroy,     before_train, before_step, before_optimizer_step,
+    after_step,                after_train, on_log,      NULL,         state_dict,  NULL,
+};
+
+static const tloop_plugin_descriptor descriptor = {
+    sizeof(tloop_plugin_descriptor), "frozen_v1_0_hook", TLOOP_KIND_HOOK, "1.0.0", "built against ABI 1.0",
+    options, 1, &vtable, NULL,
+};
+static const tloop_plugin_descriptor* const plugins[] = {&descriptor};
+static const tloop_library library = {
+    sizeof(tloop_library), TLOOP_ABI_VERSION_MAJOR, TLOOP_ABI_VERSION_MINOR, NULL, plugins, 1,
+};
+
+TLOOP_EXPORT const tloop_library* tloop_plugin_entry(void) { return &library; }
