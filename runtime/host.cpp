@@ -5,6 +5,8 @@
 
 #include <c10/core/TensorImpl.h>
 
+#include "signals.h"
+
 #include <cstring>
 
 #define TLOOP_VT(vt, type, member) (TLOOP_HAS_MEMBER(vt, type, member) ? (vt)->member : nullptr)
@@ -108,6 +110,18 @@ struct HostApi {
     const toml::node* e = a->get(index);
     if (!e->is_string()) return TLOOP_TYPE_MISMATCH;
     *out = e->as_string()->get().c_str();
+    return TLOOP_OK;
+  }
+
+  static tloop_status option_int_list(const tloop_options* o, const char* name, size_t index, int64_t* out) {
+    const toml::node* n = option_node(o, name);
+    if (!n) return TLOOP_NOT_FOUND;
+    const toml::array* a = n->as_array();
+    if (!a) return TLOOP_TYPE_MISMATCH;
+    if (index >= a->size()) return TLOOP_NOT_FOUND;
+    const toml::node* e = a->get(index);
+    if (!e->is_integer()) return TLOOP_TYPE_MISMATCH;
+    *out = e->as_integer()->get();
     return TLOOP_OK;
   }
 
@@ -253,6 +267,70 @@ struct HostApi {
     return TLOOP_OK;
   }
 
+  static tloop_state* state_new(tloop_host*) {
+    try {
+      auto* s = new tloop_state{nullptr, nullptr, "", std::make_unique<StateDict>()};
+      s->dict = s->owned.get();
+      return s;
+    } catch (...) {
+      return nullptr;
+    }
+  }
+  static void state_free(tloop_state* s) { delete s; }
+  static void state_visit(const tloop_state* s, tloop_state_visitor visit, void* user) {
+    const StateDict& d = s->read ? *s->read : *s->dict;
+    for (const auto& [key, value] : d) {
+      if (key.rfind(s->prefix, 0) != 0) continue;
+      tloop_state_value v{sizeof(tloop_state_value), TLOOP_STATE_TENSOR, nullptr, 0, 0.0, nullptr};
+      if (const auto* t = std::get_if<at::Tensor>(&value)) {
+        v.tensor = raw(*t);
+      } else if (const auto* i = std::get_if<int64_t>(&value)) {
+        v.kind = TLOOP_STATE_INT;
+        v.int_value = *i;
+      } else if (const auto* d = std::get_if<double>(&value)) {
+        v.kind = TLOOP_STATE_DOUBLE;
+        v.double_value = *d;
+      } else {
+        v.kind = TLOOP_STATE_STRING;
+        v.string_value = std::get<std::string>(value).c_str();
+      }
+      visit(user, key.c_str() + s->prefix.size(), &v);
+    }
+  }
+  static tloop_status run_state_dict(tloop_host* h, tloop_state* out) {
+    try {
+      if (!H(h).save_run_state_ || out == nullptr || out->dict == nullptr)
+        throw std::logic_error("run_state_dict is not available here");
+      StateDict state;
+      H(h).save_run_state_(state);
+      for (auto& [k, v] : state) (*out->dict)[out->prefix + k] = std::move(v);
+      return TLOOP_OK;
+    } catch (const std::exception& e) {
+      H(h).error_ = std::string("run_state_dict: ") + e.what();
+      return TLOOP_ERROR;
+    }
+  }
+  static tloop_status run_load_state_dict(tloop_host* h, const tloop_state* in) {
+    try {
+      if (!H(h).load_run_state_ || in == nullptr) throw std::logic_error("run_load_state_dict is not available here");
+      const StateDict& d = in->read ? *in->read : *in->dict;
+      if (in->prefix.empty()) {
+        H(h).load_run_state_(d);
+      } else {
+        StateDict view;
+        for (const auto& [k, v] : d)
+          if (k.rfind(in->prefix, 0) == 0) view.emplace(k.substr(in->prefix.size()), v);
+        H(h).load_run_state_(view);
+      }
+      return TLOOP_OK;
+    } catch (const std::exception& e) {
+      H(h).error_ = std::string("run_load_state_dict: ") + e.what();
+      return TLOOP_ERROR;
+    }
+  }
+  static int32_t pending_signal(tloop_host*) { return tloop::pending_signal(); }
+  static void request_exit(tloop_host* h, int32_t code) { H(h).exit_request_ = code; }
+
   static const tloop_host_api* table() {
     static const tloop_host_api api = {
         sizeof(tloop_host_api),
@@ -295,6 +373,14 @@ struct HostApi {
         &state_get_int,
         &state_get_double,
         &state_get_string,
+        &state_new,
+        &state_free,
+        &state_visit,
+        &run_state_dict,
+        &run_load_state_dict,
+        &pending_signal,
+        &request_exit,
+        &option_int_list,
     };
     return &api;
   }
@@ -377,6 +463,7 @@ void PluginInstance::fail(const char* event) {
 HookInstance::HookInstance(const LoadedPlugin& plugin, Host& host, const toml::table& options, std::string label)
     : PluginInstance(plugin, host, options, std::move(label)), vt_(plugin.descriptor->hook) {}
 
+void HookInstance::resume() { call("resume", TLOOP_VT(vt_, tloop_hook_vtable, resume)); }
 void HookInstance::before_train() { call("before_train", TLOOP_VT(vt_, tloop_hook_vtable, before_train)); }
 void HookInstance::before_step() { call("before_step", TLOOP_VT(vt_, tloop_hook_vtable, before_step)); }
 void HookInstance::before_optimizer_step() {

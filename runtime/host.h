@@ -92,6 +92,15 @@ class Host {
   void log_metrics(const Metrics& metrics);
   void log_images(const tloop_image* images, size_t count);
 
+  /// Provided by the run: the complete run state, for run_state_dict and
+  /// run_load_state_dict (ABI 1.1).
+  void set_run_state(std::function<void(StateDict&)> save, std::function<void(const StateDict&)> load) {
+    save_run_state_ = std::move(save);
+    load_run_state_ = std::move(load);
+  }
+  /// An exit a hook asked for (request_exit), if any.
+  std::optional<int> exit_requested() const { return exit_request_; }
+
   void set_error(std::string message) { error_ = std::move(message); }
   std::string take_error();
 
@@ -107,6 +116,9 @@ class Host {
   const std::vector<std::unique_ptr<HookInstance>>* hooks_ = nullptr;
   std::vector<MetricsSink> sinks_;
   bool dispatching_ = false;
+  std::function<void(StateDict&)> save_run_state_;
+  std::function<void(const StateDict&)> load_run_state_;
+  std::optional<int> exit_request_;
   std::string error_;
   friend struct HostApi;
 };
@@ -143,6 +155,7 @@ class PluginInstance {
 class HookInstance : public PluginInstance {
  public:
   HookInstance(const LoadedPlugin& plugin, Host& host, const toml::table& options, std::string label);
+  void resume();
   void before_train();
   void before_step();
   void before_optimizer_step();
@@ -181,4 +194,5 @@ struct tloop_state {
   tloop::StateDict* dict;  // null when reading
   const tloop::StateDict* read;
   std::string prefix;
+  std::unique_ptr<tloop::StateDict> owned;  // states made by state_new
 };

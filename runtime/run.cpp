@@ -4,6 +4,11 @@
 #include "text.h"
 
 #include <ATen/Context.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/from_blob.h>
+#include <torch/optim/optimizer.h>
+#include <torch/serialize/input-archive.h>
+#include <torch/serialize/output-archive.h>
 #include <nlohmann/json.hpp>
 #include <torch/cuda.h>
 
@@ -11,6 +16,8 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
+#include <sstream>
 
 namespace tloop {
 namespace fs = std::filesystem;
@@ -117,6 +124,8 @@ void Run::execute() {
   host_->set_param_groups(optimizer_.get());
   host_->set_hooks(&hooks_);
   trainer_ = std::make_unique<Trainer>(TrainerConfig::from(s, device_), *host_, *task_, hooks_, *optimizer_);
+  host_->set_run_state([this](StateDict& out) { out = run_state(); },
+                       [this](const StateDict& in) { load_run_state(in); });
 
   const auto t0 = std::chrono::steady_clock::now();
   struct FlushLog {
@@ -136,6 +145,85 @@ StateDict Run::plugin_state() const {
 void Run::load_plugin_state(const StateDict& state) {
   task_->load_state_dict(state, "task/");
   for (size_t i = 0; i < hooks_.size(); ++i) hooks_[i]->load_state_dict(state, "hooks/" + hook_state_keys_[i] + "/");
+}
+
+namespace {
+
+at::Tensor bytes_tensor(const std::string& bytes) {
+  return at::from_blob(const_cast<char*>(bytes.data()), {static_cast<int64_t>(bytes.size())}, at::kByte).clone();
+}
+std::string tensor_bytes(const at::Tensor& t) {
+  at::Tensor c = t.to(at::kCPU).contiguous();
+  return std::string(static_cast<const char*>(c.data_ptr()), static_cast<size_t>(c.numel()));
+}
+template <class T>
+const T& state_get(const StateDict& state, const std::string& key) {
+  auto it = state.find(key);
+  if (it == state.end()) throw std::runtime_error("the saved state has no '" + key + "'");
+  const T* v = std::get_if<T>(&it->second);
+  if (v == nullptr) throw std::runtime_error("the saved state's '" + key + "' has another type");
+  return *v;
+}
+
+}  // namespace
+
+StateDict Run::run_state() const {
+  StateDict state = plugin_state();
+  for (const auto* list : {&host_->parameters(), &host_->buffers()})
+    for (const auto& [name, t] : *list) state["model/" + name] = t;
+  // The optimizer serialises itself (every torch::optim type, param order);
+  // its archive travels as a byte tensor.
+  std::ostringstream archive_bytes;
+  torch::serialize::OutputArchive archive;
+  optimizer_->impl().save(archive);
+  archive.save_to(archive_bytes);
+  state["optimizer/archive"] = bytes_tensor(archive_bytes.str());
+  state["trainer/step"] = host_->step();
+  if (GradScaler* scaler = trainer_->scaler()) {
+    state["grad_scaler/scale"] = scaler->scale_tensor();
+    state["grad_scaler/growth_tracker"] = scaler->growth_tracker();
+  }
+  const auto rng_state = [](at::Generator gen) {
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    return gen.get_state();
+  };
+  state["rng/cpu"] = rng_state(at::detail::getDefaultCPUGenerator());
+  if (device_.is_cuda()) state["rng/cuda"] = rng_state(at::globalContext().defaultGenerator(device_));
+  state["meta/spec"] = host_->info().resolved_spec;
+  std::string plugins = task_->plugin().name + " " + task_->plugin().version;
+  for (const auto& h : hooks_) plugins += "\n" + h->plugin().name + " " + h->plugin().version;
+  state["meta/plugins"] = plugins;
+  return state;
+}
+
+void Run::load_run_state(const StateDict& state) {
+  {
+    at::NoGradGuard no_grad;
+    for (const auto* list : {&host_->parameters(), &host_->buffers()})
+      for (const auto& [name, t] : *list) {
+        const at::Tensor& saved = state_get<at::Tensor>(state, "model/" + name);
+        if (saved.sizes() != t.sizes())
+          throw std::runtime_error(tloop::str("model/", name, " has shape ", saved.sizes(), " in the checkpoint but ",
+                                       t.sizes(), " in the model"));
+        const_cast<at::Tensor&>(t).copy_(saved);
+      }
+  }
+  const std::string archive_bytes = tensor_bytes(state_get<at::Tensor>(state, "optimizer/archive"));
+  torch::serialize::InputArchive archive;
+  archive.load_from(archive_bytes.data(), archive_bytes.size(), device_);
+  optimizer_->impl().load(archive);
+  host_->set_step(state_get<int64_t>(state, "trainer/step"));
+  if (GradScaler* scaler = trainer_->scaler()) {
+    scaler->scale_tensor().copy_(state_get<at::Tensor>(state, "grad_scaler/scale"));
+    scaler->growth_tracker().copy_(state_get<at::Tensor>(state, "grad_scaler/growth_tracker"));
+  }
+  const auto restore = [&](at::Generator gen, const std::string& key) {  // a handle: copies share the generator
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    gen.set_state(state_get<at::Tensor>(state, key));
+  };
+  restore(at::detail::getDefaultCPUGenerator(), "rng/cpu");
+  if (device_.is_cuda() && state.count("rng/cuda")) restore(at::globalContext().defaultGenerator(device_), "rng/cuda");
+  load_plugin_state(state);
 }
 
 std::string Run::summary() const {

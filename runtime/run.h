@@ -40,6 +40,11 @@ class Run {
   /// The task's and every hook's state: "task/<key>", "hooks/<state key>/<key>".
   StateDict plugin_state() const;
   void load_plugin_state(const StateDict& state);
+  /// Everything a resumed run needs (ABI run_state_dict): plugin_state() plus
+  /// "model/...", "optimizer/archive", "trainer/step", "grad_scaler/...",
+  /// "rng/...", "meta/spec", "meta/plugins".
+  StateDict run_state() const;
+  void load_run_state(const StateDict& state);
 
   Host& host() { return *host_; }
   Trainer& trainer() { return *trainer_; }

@@ -12,6 +12,16 @@ void install_signal_handlers();
 /// The first signal received, or 0.
 int pending_signal();
 
+/// A hook asked to end the run (request_exit); the CLI exits with `code`.
+class ExitRequested : public std::runtime_error {
+ public:
+  explicit ExitRequested(int code) : std::runtime_error("exit requested with code " + std::to_string(code)), code_(code) {}
+  int code() const { return code_; }
+
+ private:
+  int code_;
+};
+
 /// Thrown at a step boundary after a signal; the CLI exits with 128 + signal.
 class Interrupted : public std::runtime_error {
  public:

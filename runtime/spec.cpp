@@ -34,6 +34,7 @@ const char* type_word(tloop_value_type t) {
     case TLOOP_TYPE_DOUBLE: return "a number";
     case TLOOP_TYPE_STRING: return "a string";
     case TLOOP_TYPE_STRING_LIST: return "a list of strings";
+    case TLOOP_TYPE_INT_LIST: return "a list of integers";
   }
   return "a value";
 }
@@ -61,6 +62,10 @@ bool type_ok(const toml::node& n, tloop_value_type t) {
     case TLOOP_TYPE_STRING_LIST: {
       const toml::array* a = n.as_array();
       return a && std::all_of(a->begin(), a->end(), [](const toml::node& e) { return e.is_string(); });
+    }
+    case TLOOP_TYPE_INT_LIST: {
+      const toml::array* a = n.as_array();
+      return a && std::all_of(a->begin(), a->end(), [](const toml::node& e) { return e.is_integer(); });
     }
   }
   return false;

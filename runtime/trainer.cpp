@@ -80,16 +80,19 @@ void Trainer::for_each_hook(void (HookInstance::*event)()) {
 }
 
 void Trainer::train() {
+  for_each_hook(&HookInstance::resume);  // a checkpointing hook may restore the step here
   // The learning rate of the next step is a function of the steps done,
   // which also makes a resumed run pick up exactly where it stopped.
   optimizer_.set_lr_factor(lr_factor(config_.scheduler, host_.step(), config_.max_steps));
   for_each_hook(&HookInstance::before_train);
   while (host_.step() < config_.max_steps) {
+    if (auto code = host_.exit_requested()) throw ExitRequested(*code);
     if (int sig = pending_signal()) throw Interrupted(sig);
     host_.set_step(host_.step() + 1);
     host_.step_info().clear();
     run_step();
   }
+  if (auto code = host_.exit_requested()) throw ExitRequested(*code);
   for_each_hook(&HookInstance::after_train);
 }
 

@@ -155,15 +155,15 @@ TEST_CASE("progress redraws one line under a pseudo-terminal") {
   TempDir dir;
   test::write_file(dir / "spec.toml",
                    "[run]\nworkspace = \"" + (dir / "ws").string() +
-                       "\"\n[trainer]\nmax_steps = 3000\n[task]\nplugin = \"regression_mlp\"\n"
+                       "\"\n[trainer]\nmax_steps = 1000\n[task]\nplugin = \"regression_mlp\"\n"
                        "[[hooks]]\nplugin = \"progress\"\n");
   // util-linux `script` gives the command a pseudo-terminal as stdout.
   auto r = test::run_command("script -qefc '" + test::cli() + " run " + (dir / "spec.toml").string() + "' /dev/null");
   INFO(r.output);
   CHECK(r.exit_code == 0);
-  CHECK(r.output.find("\r[==============================] 100% 3000/3000 |") != std::string::npos);
+  CHECK(r.output.find("\r[==============================] 100% 1000/1000 |") != std::string::npos);
   CHECK(r.output.find("steps/s | ETA") != std::string::npos);
-  CHECK(r.output.find("step 1/3000 |") == std::string::npos);  // no plain lines on a terminal
+  CHECK(r.output.find("step 1/1000 |") == std::string::npos);  // no plain lines on a terminal
   // Every redraw starts with \r on the same line: the bar adds a single newline at the end.
   const std::string bar = r.output.substr(r.output.find("\r["));
   CHECK(std::count(bar.begin(), bar.begin() + static_cast<long>(bar.find("Finished")), '\n') <= 2);

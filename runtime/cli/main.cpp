@@ -27,6 +27,7 @@ std::string type_name(tloop_value_type t) {
     case TLOOP_TYPE_DOUBLE: return "float";
     case TLOOP_TYPE_STRING: return "string";
     case TLOOP_TYPE_STRING_LIST: return "list of strings";
+    case TLOOP_TYPE_INT_LIST: return "list of integers";
   }
   return "?";
 }
@@ -163,6 +164,9 @@ int main(int argc, char** argv) {
   } catch (const std::invalid_argument& e) {
     tloop::log::error(e.what());
     code = kBadInput;
+  } catch (const tloop::ExitRequested& e) {
+    tloop::log::info(std::string("exiting: ") + e.what());
+    code = e.code();
   } catch (const tloop::Interrupted& e) {
     tloop::log::warn(e.what());
     code = 128 + e.signal();

@@ -2,7 +2,9 @@
 // tests can check the order of events across hooks loaded from real .so files.
 #include <tloop/sdk.hpp>
 
+#include <filesystem>
 #include <fstream>
+#include <set>
 
 namespace {
 
@@ -14,10 +16,14 @@ class EventRecorder : public tloop::Hook {
             "Test hook: writes every event it receives to a file",
             {tloop::required("file", TLOOP_TYPE_STRING, "file the events are appended to"),
              tloop::option("label", "hook", "name written before each event"),
-             tloop::option("step_info", false, "after each step, also write every step-info key and its values")}};
+             tloop::option("step_info", false, "after each step, also write every step-info key and its values"),
+             tloop::option("list_dir", "", "after each step, also write the sorted entries of this directory")}};
   }
   EventRecorder(tloop::Context&, const tloop::Options& o)
-      : out_(o.get_string("file"), std::ios::app), label_(o.get_string("label")), step_info_(o.get_bool("step_info")) {
+      : out_(o.get_string("file"), std::ios::app),
+        label_(o.get_string("label")),
+        step_info_(o.get_bool("step_info")),
+        list_dir_(o.get_string("list_dir")) {
     if (!out_) throw tloop::Error("cannot open " + o.get_string("file"));
   }
 
@@ -26,6 +32,15 @@ class EventRecorder : public tloop::Hook {
   void before_optimizer_step(tloop::Context& c) override { write(c, "before_optimizer_step"); }
   void after_step(tloop::Context& c) override {
     write(c, "after_step");
+    if (!list_dir_.empty()) {
+      std::set<std::string> names;
+      std::error_code ec;
+      for (const auto& e : std::filesystem::directory_iterator(list_dir_, ec)) names.insert(e.path().filename().string());
+      out_ << label_ << " ls " << c.step();
+      for (const auto& n : names) out_ << ' ' << n;
+      out_ << '\n';
+      out_.flush();
+    }
     if (!step_info_) return;
     // "<label> step_info <step> <key> v1 v2 ...", one line per key.
     for (const auto& [key, values] : c.step_info()) {
@@ -52,6 +67,7 @@ class EventRecorder : public tloop::Hook {
   std::ofstream out_;
   std::string label_;
   bool step_info_;
+  std::string list_dir_;
 };
 
 }  // namespace

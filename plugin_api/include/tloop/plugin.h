@@ -48,7 +48,7 @@ extern "C" {
 #endif
 
 #define TLOOP_ABI_VERSION_MAJOR 1
-#define TLOOP_ABI_VERSION_MINOR 0
+#define TLOOP_ABI_VERSION_MINOR 1
 
 /* The one symbol every plugin library exports. */
 #define TLOOP_ENTRY_SYMBOL "tloop_plugin_entry"
@@ -109,7 +109,8 @@ typedef enum tloop_value_type {
   TLOOP_TYPE_INT = 1,    /* int64 */
   TLOOP_TYPE_DOUBLE = 2, /* an integer literal is accepted too */
   TLOOP_TYPE_STRING = 3,
-  TLOOP_TYPE_STRING_LIST = 4
+  TLOOP_TYPE_STRING_LIST = 4,
+  TLOOP_TYPE_INT_LIST = 5 /* since 1.1 */
 } tloop_value_type;
 
 /* One option a plugin accepts in its `[[hooks]]` / `[task]` table. */
@@ -151,6 +152,23 @@ typedef struct tloop_image {
 /* ---------------------------------------------------------------- the host API */
 
 typedef void (*tloop_step_info_visitor)(void* user, const char* key, const double* values, size_t count);
+
+/* since 1.1: one entry of a state dictionary, as state_visit reports it. */
+typedef enum tloop_state_kind {
+  TLOOP_STATE_TENSOR = 0,
+  TLOOP_STATE_INT = 1,
+  TLOOP_STATE_DOUBLE = 2,
+  TLOOP_STATE_STRING = 3
+} tloop_state_kind;
+typedef struct tloop_state_value {
+  uint32_t struct_size;
+  tloop_state_kind kind;
+  tloop_tensor tensor; /* BORROWED; TLOOP_STATE_TENSOR */
+  int64_t int_value;   /* TLOOP_STATE_INT */
+  double double_value; /* TLOOP_STATE_DOUBLE */
+  const char* string_value; /* BORROWED; TLOOP_STATE_STRING */
+} tloop_state_value;
+typedef void (*tloop_state_visitor)(void* user, const char* key, const tloop_state_value* value);
 typedef void (*tloop_tensor_visitor)(void* user, const char* name, tloop_tensor tensor /* BORROWED */);
 
 typedef struct tloop_host_api {
@@ -225,6 +243,31 @@ typedef struct tloop_host_api {
   tloop_status (*state_get_int)(const tloop_state* state, const char* key, int64_t* out);
   tloop_status (*state_get_double)(const tloop_state* state, const char* key, double* out);
   tloop_status (*state_get_string)(const tloop_state* state, const char* key, const char** out);
+
+  /* ---- since 1.1: the whole run's state, for checkpointing hooks ---- */
+
+  /* A new, empty state dictionary (keys are used as given, no prefix); free
+   * it with state_free. */
+  tloop_state* (*state_new)(tloop_host* host);
+  void (*state_free)(tloop_state* state);
+  /* Calls `visit` for every entry, in key order; values are BORROWED. */
+  void (*state_visit)(const tloop_state* state, tloop_state_visitor visit, void* user);
+  /* Writes the complete state of the run into `out`: "model/<name>"
+   * (parameters and buffers), "optimizer/...", "trainer/step", "grad_scaler/...",
+   * "rng/...", "task/...", "hooks/<key>/...", "meta/spec", "meta/plugins".
+   * Tensors are the live ones: copy them before the training goes on if they
+   * are used later (e.g. by a background writer). */
+  tloop_status (*run_state_dict)(tloop_host* host, tloop_state* out);
+  /* Restores a state written by run_state_dict (call it from `resume`). */
+  tloop_status (*run_load_state_dict)(tloop_host* host, const tloop_state* in);
+  /* The first of SIGINT, SIGTERM, SIGUSR1 or SIGHUP received, or 0. The host's
+   * handlers only record it; the loop stops at the next step boundary with
+   * exit code 128+N unless a hook calls request_exit first. */
+  int32_t (*pending_signal)(tloop_host* host);
+  /* Ends the run once the current event returns, with this exit code. */
+  void (*request_exit)(tloop_host* host, int32_t exit_code);
+  /* Like option_string_list, for TLOOP_TYPE_INT_LIST options. */
+  tloop_status (*option_int_list)(const tloop_options* options, const char* name, size_t index, int64_t* out);
 } tloop_host_api;
 
 /* Passed to every plugin call. */
@@ -237,8 +280,8 @@ typedef struct tloop_context {
 /* ---------------------------------------------------------------- hooks */
 
 /*
- * Events, in order: before_train; per step: before_step, before_optimizer_step,
- * after_step; after_train. on_log / on_log_images whenever anything logs.
+ * Events, in order: resume (since 1.1); before_train; per step: before_step,
+ * before_optimizer_step, after_step; after_train. on_log / on_log_images whenever anything logs.
  * Hooks are called in the order the spec lists them. Any member may be NULL.
  */
 typedef struct tloop_hook_vtable {
@@ -255,6 +298,10 @@ typedef struct tloop_hook_vtable {
   tloop_status (*on_log_images)(void* self, const tloop_context* ctx, const tloop_image* images, size_t count);
   tloop_status (*state_dict)(void* self, const tloop_context* ctx, tloop_state* out);
   tloop_status (*load_state_dict)(void* self, const tloop_context* ctx, const tloop_state* in);
+  /* since 1.1: called for every hook, in order, before any before_train: a
+   * hook that restores a previous run (checkpointing) does it here, so that
+   * every before_train already sees the restored step. */
+  tloop_status (*resume)(void* self, const tloop_context* ctx);
 } tloop_hook_vtable;
 
 /* ---------------------------------------------------------------- tasks */

@@ -107,6 +107,11 @@ inline OptionSpec option(std::string name, std::vector<std::string> def, std::st
   for (size_t i = 0; i < def.size(); ++i) lit += (i ? ", " : "") + detail::toml_quote(def[i]);
   return {std::move(name), TLOOP_TYPE_STRING_LIST, lit + "]", std::move(doc), {}, {}, {}};
 }
+inline OptionSpec option(std::string name, std::vector<int64_t> def, std::string doc) {
+  std::string lit = "[";
+  for (size_t i = 0; i < def.size(); ++i) lit += (i ? ", " : "") + std::to_string(def[i]);
+  return {std::move(name), TLOOP_TYPE_INT_LIST, lit + "]", std::move(doc), {}, {}, {}};
+}
 /// An option the spec must give.
 inline OptionSpec required(std::string name, tloop_value_type type, std::string doc) {
   return {std::move(name), type, std::nullopt, std::move(doc), {}, {}, {}};
@@ -162,6 +167,17 @@ class Options {
     const char* v = nullptr;
     check(api_->option_string(options_, name, &v), name);
     return v;
+  }
+  std::vector<int64_t> get_int_list(const char* name) const {
+    std::vector<int64_t> out;
+    for (size_t i = 0;; ++i) {
+      int64_t v = 0;
+      tloop_status st = api_->option_int_list(options_, name, i, &v);
+      if (st == TLOOP_NOT_FOUND) break;
+      check(st, name);
+      out.push_back(v);
+    }
+    return out;
   }
   std::vector<std::string> get_string_list(const char* name) const {
     std::vector<std::string> out;
@@ -306,6 +322,8 @@ class StateReader {
 class Hook {
  public:
   virtual ~Hook() = default;
+  /// Before any before_train: restore a previous run here (checkpointing).
+  virtual void resume(Context&) {}
   virtual void before_train(Context&) {}
   virtual void before_step(Context&) {}
   virtual void before_optimizer_step(Context&) {}
@@ -408,6 +426,7 @@ struct HookAdapter {
         &on_log_images,
         &state_dict,
         &load_state_dict,
+        &hook_event<T, &Hook::resume>,
     };
     return &vt;
   }

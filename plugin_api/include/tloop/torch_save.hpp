@@ -1,4 +1,4 @@
-// Writes named tensors as a file that Python's torch.load reads, including
+// Named tensors in a file that Python's torch.load reads, including
 // with weights_only=True (the default since torch 2.6): a plain dict of
 // name -> tensor in torch.save's zip format.
 //
@@ -12,7 +12,11 @@
 #include <ATen/core/Tensor.h>
 #include <caffe2/serialize/inline_container.h>
 #include <torch/csrc/jit/serialization/export.h>
+#include <torch/csrc/jit/serialization/pickle.h>
 #include <torch/csrc/jit/serialization/pickler.h>
+
+#include <fstream>
+#include <stdexcept>
 
 #include <string>
 #include <utility>
@@ -20,9 +24,8 @@
 
 namespace tloop {
 
-/// Writes `tensors` (moved to the CPU) to `path` as {name: tensor}. The caller
-/// chooses the path; write to a temporary name and rename for atomicity.
-inline void save_tensors(const std::string& path, const std::vector<std::pair<std::string, at::Tensor>>& tensors) {
+/// The bytes of a file holding {name: tensor} (tensors moved to the CPU).
+inline std::vector<char> serialize_tensors(const std::vector<std::pair<std::string, at::Tensor>>& tensors) {
   c10::impl::GenericDict dict(c10::StringType::get(), c10::TensorType::get());
   for (const auto& [name, t] : tensors) dict.insert(name, t.detach().to(at::kCPU));
   std::vector<char> pickle;
@@ -32,9 +35,36 @@ inline void save_tensors(const std::string& path, const std::vector<std::pair<st
   pickler.protocol();
   pickler.pushIValue(c10::IValue(dict));
   pickler.stop();
-  caffe2::serialize::PyTorchStreamWriter writer(path);
+  std::vector<char> file;
+  caffe2::serialize::PyTorchStreamWriter writer([&](const void* data, size_t n) {
+    file.insert(file.end(), static_cast<const char*>(data), static_cast<const char*>(data) + n);
+    return n;
+  });
   torch::jit::writeArchiveAndTensors("data", pickle.data(), pickle.size(), pickler.tensorData(), writer);
   writer.writeEndOfFile();
+  return file;
+}
+
+/// Writes {name: tensor} to `path`. Write to a temporary name and rename for atomicity.
+inline void save_tensors(const std::string& path, const std::vector<std::pair<std::string, at::Tensor>>& tensors) {
+  const std::vector<char> bytes = serialize_tensors(tensors);
+  std::ofstream out(path, std::ios::binary);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  out.close();
+  if (!out) throw std::runtime_error("cannot write " + path);
+}
+
+/// Reads a {name: tensor} file written by serialize_tensors (or torch.save of
+/// a plain dict of tensors).
+inline std::vector<std::pair<std::string, at::Tensor>> load_tensors(const std::vector<char>& bytes) {
+  const c10::IValue value = torch::jit::pickle_load(bytes);
+  if (!value.isGenericDict()) throw std::runtime_error("not a dict of tensors");
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& entry : value.toGenericDict()) {
+    if (!entry.key().isString() || !entry.value().isTensor()) throw std::runtime_error("not a dict of tensors");
+    out.emplace_back(entry.key().toStringRef(), entry.value().toTensor());
+  }
+  return out;
 }
 
 }  // namespace tloop

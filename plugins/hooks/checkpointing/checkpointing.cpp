@@ -1,0 +1,446 @@
+// checkpointing: trainloop's CheckpointingHook, made durable.
+//
+// A checkpoint is a directory <path>/<step> (or <step>_keep, never pruned):
+//   model.pt          {name: tensor} of parameters and buffers; torch.load reads it
+//   model.safetensors the same, when `safetensors = true`
+//   state.pt          every other tensor of the run state (optimizer, RNG, EMA, ...)
+//   state.json        the run state's numbers and strings (step, data position, spec, ...)
+//   manifest.json     every file above with its size and CRC-32
+// It is written into <path>/.tmp-<name>, each file fsync'd, the directory
+// fsync'd, renamed into place, the parent fsync'd, and only then is <path>/latest
+// pointed at it (write + fsync + rename). A load verifies the manifest and falls
+// back to the newest valid checkpoint when the newest is damaged.
+#include "durable_io.h"
+
+#include <tloop/torch.hpp>
+#include <tloop/torch_save.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <csignal>
+#include <cstring>
+#include <future>
+#include <map>
+#include <regex>
+#include <set>
+#include <thread>
+
+namespace {
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+using Named = std::vector<std::pair<std::string, at::Tensor>>;
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+/// A checkpoint's content, detached from the live run.
+struct Snapshot {
+  int64_t step = 0;
+  Named model;    // "model/<name>" without the prefix
+  Named tensors;  // every other tensor, full key
+  json scalars = json::object();
+};
+
+const std::map<std::string, int> kSignals = {
+    {"SIGINT", SIGINT}, {"SIGTERM", SIGTERM}, {"SIGUSR1", SIGUSR1}, {"SIGHUP", SIGHUP}};
+
+// safetensors: 8-byte little-endian header length, a JSON header, then the raw
+// tensor bytes. Written by hand: no C++ safetensors library is packaged for
+// Debian, and the format is this small.
+std::vector<char> safetensors_bytes(const Named& tensors) {
+  static const std::map<at::ScalarType, const char*> dtypes = {
+      {at::kFloat, "F32"}, {at::kDouble, "F64"}, {at::kHalf, "F16"}, {at::kBFloat16, "BF16"}, {at::kLong, "I64"},
+      {at::kInt, "I32"},   {at::kShort, "I16"},  {at::kChar, "I8"},   {at::kByte, "U8"},       {at::kBool, "BOOL"}};
+  json header = json::object();
+  header["__metadata__"] = {{"format", "pt"}};
+  std::vector<at::Tensor> contiguous;
+  size_t offset = 0;
+  for (const auto& [name, t] : tensors) {
+    at::Tensor c = t.detach().to(at::kCPU).contiguous();
+    auto it = dtypes.find(c.scalar_type());
+    if (it == dtypes.end()) throw tloop::Error("safetensors: unsupported dtype of '" + name + "'");
+    const size_t n = c.nbytes();
+    header[name] = {{"dtype", it->second}, {"shape", c.sizes().vec()}, {"data_offsets", {offset, offset + n}}};
+    offset += n;
+    contiguous.push_back(c);
+  }
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');
+  std::vector<char> out(8);
+  uint64_t len = text.size();
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((len >> (8 * i)) & 0xff);
+  out.insert(out.end(), text.begin(), text.end());
+  for (const auto& c : contiguous)
+    out.insert(out.end(), static_cast<const char*>(c.data_ptr()), static_cast<const char*>(c.data_ptr()) + c.nbytes());
+  return out;
+}
+
+/// Writes a snapshot as checkpoint directory `name` under `root`, atomically.
+void write_checkpoint(const fs::path& root, const std::string& name, const Snapshot& snap, bool safetensors) {
+  fs::create_directories(root);
+  const fs::path tmp = root / (".tmp-" + name);
+  const fs::path final_dir = root / name;
+  fs::remove_all(tmp);
+  fs::create_directory(tmp);
+
+  json manifest = {{"format", 1}, {"step", snap.step}, {"files", json::object()}};
+  auto put = [&](const std::string& file, const std::vector<char>& bytes) {
+    checkpointing::write_file_durably(tmp / file, bytes.data(), bytes.size());
+    manifest["files"][file] = {{"size", bytes.size()}, {"crc32", checkpointing::crc32_of(bytes.data(), bytes.size())}};
+  };
+  put("model.pt", tloop::serialize_tensors(snap.model));
+  if (safetensors) put("model.safetensors", safetensors_bytes(snap.model));
+  put("state.pt", tloop::serialize_tensors(snap.tensors));
+  const std::string scalars = snap.scalars.dump(1);
+  put("state.json", std::vector<char>(scalars.begin(), scalars.end()));
+  const std::string manifest_text = manifest.dump(1);
+  checkpointing::write_file_durably(tmp / "manifest.json", manifest_text.data(), manifest_text.size());
+  checkpointing::fsync_directory(tmp);
+
+  // Replace an existing checkpoint of the same name only once the new one is complete.
+  const fs::path old = root / (".old-" + name);
+  if (fs::exists(final_dir)) {
+    fs::remove_all(old);
+    fs::rename(final_dir, old);
+  }
+  fs::rename(tmp, final_dir);
+  checkpointing::fsync_directory(root);
+  fs::remove_all(old);
+
+  const std::string pointer = name + "\n";
+  checkpointing::write_file_durably(root / "latest.tmp", pointer.data(), pointer.size());
+  fs::rename(root / "latest.tmp", root / "latest");
+  checkpointing::fsync_directory(root);
+}
+
+/// Checks every file against the manifest; returns "" when valid, else what is wrong.
+std::string verify_checkpoint(const fs::path& dir) {
+  json manifest;
+  try {
+    const std::vector<char> bytes = checkpointing::read_file(dir / "manifest.json");
+    manifest = json::parse(bytes.begin(), bytes.end());
+  } catch (const std::exception& e) {
+    return (dir / "manifest.json").string() + ": missing or unreadable";
+  }
+  if (!manifest.contains("files") || !manifest["files"].is_object() || manifest["files"].empty())
+    return (dir / "manifest.json").string() + ": lists no files";
+  for (const auto& [file, info] : manifest["files"].items()) {
+    const fs::path path = dir / file;
+    std::vector<char> bytes;
+    try {
+      bytes = checkpointing::read_file(path);
+    } catch (const std::exception&) {
+      return path.string() + ": missing";
+    }
+    if (bytes.size() != info.value("size", size_t{0}))
+      return path.string() + ": size " + std::to_string(bytes.size()) + " differs from the manifest's " +
+             std::to_string(info.value("size", size_t{0}));
+    if (checkpointing::crc32_of(bytes.data(), bytes.size()) != info.value("crc32", uint32_t{0}))
+      return path.string() + ": checksum mismatch (the file is damaged)";
+  }
+  return "";
+}
+
+// "500" -> 500, "500_keep" -> 500; anything else -> -1.
+int64_t step_of(const std::string& name) {
+  static const std::regex re("([0-9]+)(_keep)?");
+  std::smatch m;
+  return std::regex_match(name, m, re) ? std::stoll(m[1].str()) : -1;
+}
+
+class Checkpointing : public tloop::Hook {
+ public:
+  static tloop::PluginInfo info() {
+    return {"checkpointing",
+            "1.0.0",
+            "Durable, verified checkpoints every interval steps; resumes exactly; saves on signals",
+            {
+                tloop::option("interval", 1000, "steps between checkpoints (the last step is always saved)").at_least(1),
+                tloop::option("keep_previous", 0, "regular checkpoints kept besides the newest").at_least(0),
+                tloop::option("keep_interval", 0, "checkpoints at multiples of this step are kept forever (0: none)")
+                    .at_least(0),
+                tloop::option("keep_steps", std::vector<int64_t>{}, "checkpoints at these steps are kept forever"),
+                tloop::option("path", "checkpoints", "directory, relative to the workspace unless absolute"),
+                tloop::option("load", "latest",
+                              "\"latest\" (resume when there is one), \"none\", or a checkpoint directory"),
+                tloop::option("exit_signals", std::vector<std::string>{},
+                              "signals that save a checkpoint and exit: SIGTERM, SIGUSR1, SIGINT, SIGHUP"),
+                tloop::optional("exit_code", TLOOP_TYPE_INT, "exit code after a signal save; default 128+signal")
+                    .range(0, 255),
+                tloop::option("exit_wait", 0.0, "seconds to wait after a signal save before exiting").at_least(0),
+                tloop::option("async", false, "write checkpoints on a background thread"),
+                tloop::option("on_save_error", "abort", "when a save fails: abort the run or continue")
+                    .one_of({"abort", "continue"}),
+                tloop::option("safetensors", false, "also write model.safetensors"),
+            }};
+  }
+
+  Checkpointing(tloop::Context& ctx, const tloop::Options& o)
+      : interval_(o.get_int("interval")),
+        keep_previous_(o.get_int("keep_previous")),
+        keep_interval_(o.get_int("keep_interval")),
+        load_(o.get_string("load")),
+        exit_wait_(o.get_double("exit_wait")),
+        async_(o.get_bool("async")),
+        abort_on_error_(o.get_string("on_save_error") == "abort"),
+        safetensors_(o.get_bool("safetensors")) {
+    for (int64_t s : o.get_int_list("keep_steps")) keep_steps_.insert(s);
+    for (const auto& name : o.get_string_list("exit_signals")) {
+      auto it = kSignals.find(name.rfind("SIG", 0) == 0 ? name : "SIG" + name);
+      if (it == kSignals.end()) throw tloop::Error("exit_signals: unknown signal '" + name + "' (SIGTERM, SIGUSR1, SIGINT, SIGHUP)");
+      exit_signals_.insert(it->second);
+    }
+    if (o.has("exit_code")) exit_code_ = static_cast<int>(o.get_int("exit_code"));
+    const fs::path p = o.get_string("path");
+    root_ = p.is_absolute() ? p : fs::path(ctx.workspace()) / p;
+  }
+
+  ~Checkpointing() override {
+    if (pending_.valid()) pending_.wait();  // never leave a writer thread behind
+  }
+
+  void resume(tloop::Context& ctx) override {
+    clean_leftovers(ctx);
+    if (load_ == "none" || load_.empty()) return;
+    if (load_ != "latest") {
+      const fs::path dir = fs::absolute(load_);
+      if (!fs::is_directory(dir)) throw tloop::Error("load: no checkpoint at '" + load_ + "'");
+      const std::string problem = verify_checkpoint(dir);
+      if (!problem.empty()) throw tloop::Error("load: checkpoint " + dir.string() + " is damaged: " + problem);
+      load(ctx, dir);
+      return;
+    }
+    for (const fs::path& dir : candidates()) {
+      const std::string problem = verify_checkpoint(dir);
+      if (problem.empty()) {
+        load(ctx, dir);
+        return;
+      }
+      ctx.error("checkpoint " + dir.string() + " is damaged: " + problem + "; falling back to an older one");
+    }
+    if (fs::exists(root_)) ctx.info("checkpointing: no valid checkpoint in " + root_.string() + "; starting from step 0");
+  }
+
+  void after_step(tloop::Context& ctx) override {
+    collect_finished_save(ctx, /*wait=*/false);
+    const int64_t step = ctx.step();
+    const int sig = ctx.api()->pending_signal(ctx.host());
+    const bool exit_now = sig != 0 && exit_signals_.count(sig) > 0;
+    if (step % interval_ == 0 || step == ctx.max_steps() || exit_now) save(ctx, step);
+    if (exit_now) {
+      collect_finished_save(ctx, /*wait=*/true);
+      const int code = exit_code_.value_or(128 + sig);
+      ctx.warn("checkpointing: " + std::string(strsignal(sig)) + " received: checkpoint of step " +
+               std::to_string(step) + " saved; exiting with code " + std::to_string(code));
+      if (exit_wait_ > 0) std::this_thread::sleep_for(std::chrono::duration<double>(exit_wait_));
+      ctx.api()->request_exit(ctx.host(), code);
+    }
+  }
+
+  void after_train(tloop::Context& ctx) override { collect_finished_save(ctx, /*wait=*/true); }
+
+ private:
+  // Newest first: what `latest` names, then every checkpoint by step.
+  std::vector<fs::path> candidates() const {
+    std::vector<fs::path> out;
+    std::error_code ec;
+    if (fs::exists(root_ / "latest")) {
+      std::vector<char> bytes = checkpointing::read_file(root_ / "latest");
+      std::string name(bytes.begin(), bytes.end());
+      name.erase(name.find_last_not_of(" \n\r\t") + 1);
+      if (step_of(name) >= 0) out.push_back(root_ / name);
+    }
+    std::vector<std::pair<int64_t, fs::path>> all;
+    for (const auto& entry : fs::directory_iterator(root_, ec))
+      if (entry.is_directory() && step_of(entry.path().filename().string()) >= 0)
+        all.emplace_back(step_of(entry.path().filename().string()), entry.path());
+    std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+    for (const auto& [step, path] : all)
+      if (std::find(out.begin(), out.end(), path) == out.end()) out.push_back(path);
+    return out;
+  }
+
+  // A save killed half-way leaves .tmp-* (never valid) and .old-* behind.
+  void clean_leftovers(tloop::Context& ctx) const {
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(root_, ec)) {
+      const std::string name = entry.path().filename().string();
+      if (name.rfind(".tmp-", 0) == 0 || name.rfind(".old-", 0) == 0 || name == "latest.tmp") {
+        ctx.debug("checkpointing: removing the leftover " + entry.path().string());
+        fs::remove_all(entry.path(), ec);
+      }
+    }
+  }
+
+  void load(tloop::Context& ctx, const fs::path& dir) {
+    const tloop_host_api* api = ctx.api();
+    tloop_state* state = api->state_new(ctx.host());
+    try {
+      for (const auto& [name, t] : tloop::load_tensors(checkpointing::read_file(dir / "model.pt")))
+        put(api, state, "model/" + name, t);
+      for (const auto& [name, t] : tloop::load_tensors(checkpointing::read_file(dir / "state.pt")))
+        put(api, state, name, t);
+      const std::vector<char> bytes = checkpointing::read_file(dir / "state.json");
+      const json scalars = json::parse(bytes.begin(), bytes.end());  // named: items() must not outlive it
+      for (const auto& [key, v] : scalars.items()) {
+        if (v.contains("int")) api->state_put_int(state, key.c_str(), v["int"].get<int64_t>());
+        else if (v.contains("double")) api->state_put_double(state, key.c_str(), v["double"].get<double>());
+        else api->state_put_string(state, key.c_str(), v["string"].get<std::string>().c_str());
+      }
+      if (api->run_load_state_dict(ctx.host(), state) != TLOOP_OK) throw tloop::Error("cannot restore " + dir.string());
+    } catch (...) {
+      api->state_free(state);
+      throw;
+    }
+    api->state_free(state);
+    ctx.info("checkpointing: resumed from " + dir.string() + " at step " + std::to_string(ctx.step()));
+  }
+
+  static void put(const tloop_host_api* api, tloop_state* state, const std::string& key, const at::Tensor& t) {
+    api->state_put_tensor(state, key.c_str(), reinterpret_cast<tloop_tensor>(t.unsafeGetTensorImpl()));
+  }
+
+  Snapshot snapshot(tloop::Context& ctx, int64_t step, bool copy) {
+    const tloop_host_api* api = ctx.api();
+    tloop_state* state = api->state_new(ctx.host());
+    struct Acc {
+      Snapshot* snap;
+      bool copy;
+    } acc{nullptr, copy};
+    Snapshot snap;
+    snap.step = step;
+    acc.snap = &snap;
+    if (api->run_state_dict(ctx.host(), state) != TLOOP_OK) {
+      api->state_free(state);
+      throw tloop::Error("cannot collect the run state");
+    }
+    api->state_visit(
+        state,
+        [](void* user, const char* key, const tloop_state_value* v) {
+          auto* a = static_cast<Acc*>(user);
+          const std::string k = key;
+          switch (v->kind) {
+            case TLOOP_STATE_TENSOR: {
+              // A background writer needs its own copy: training goes on changing the live tensors.
+              at::Tensor t = tloop::from_borrowed(v->tensor).detach();
+              t = a->copy ? t.to(at::kCPU, /*non_blocking=*/false, /*copy=*/true) : t.to(at::kCPU);
+              if (k.rfind("model/", 0) == 0) a->snap->model.emplace_back(k.substr(6), t);
+              else a->snap->tensors.emplace_back(k, t);
+              break;
+            }
+            case TLOOP_STATE_INT: a->snap->scalars[k] = {{"int", v->int_value}}; break;
+            case TLOOP_STATE_DOUBLE: a->snap->scalars[k] = {{"double", v->double_value}}; break;
+            case TLOOP_STATE_STRING: a->snap->scalars[k] = {{"string", v->string_value}}; break;
+          }
+        },
+        &acc);
+    api->state_free(state);
+    // model.pt lists tensors in the model's own order (parameters, then
+    // buffers), like a Python state_dict, not in key order.
+    std::vector<std::string> order;
+    auto note = [](void* user, const char* name, tloop_tensor) { static_cast<std::vector<std::string>*>(user)->push_back(name); };
+    api->visit_parameters(ctx.host(), note, &order);
+    api->visit_buffers(ctx.host(), note, &order);
+    std::stable_sort(snap.model.begin(), snap.model.end(), [&](const auto& a, const auto& b) {
+      return std::find(order.begin(), order.end(), a.first) < std::find(order.begin(), order.end(), b.first);
+    });
+    return snap;
+  }
+
+  std::string name_for(int64_t step) const {
+    const bool keep = (keep_interval_ > 0 && step % keep_interval_ == 0) || keep_steps_.count(step) > 0;
+    return std::to_string(step) + (keep ? "_keep" : "");
+  }
+
+  void save(tloop::Context& ctx, int64_t step) {
+    if (step == last_saved_) return;
+    last_saved_ = step;
+    const auto t0 = Clock::now();
+    collect_finished_save(ctx, /*wait=*/true);  // at most one save in flight
+    const std::string name = name_for(step);
+    if (async_) {
+      auto snap = std::make_shared<Snapshot>(snapshot(ctx, step, /*copy=*/true));
+      const fs::path root = root_;
+      const bool st = safetensors_;
+      pending_name_ = name;
+      pending_started_ = Clock::now();
+      pending_ = std::async(std::launch::async, [root, name, snap, st] { write_checkpoint(root, name, *snap, st); });
+      ctx.step_info_append("checkpoint_stall", seconds_since(t0));
+      return;
+    }
+    try {
+      write_checkpoint(root_, name, snapshot(ctx, step, /*copy=*/false), safetensors_);
+    } catch (const std::exception& e) {
+      ctx.step_info_append("checkpoint_stall", seconds_since(t0));
+      failed(ctx, step, e.what());
+      return;
+    }
+    const double seconds = seconds_since(t0);
+    ctx.step_info_append("checkpoint_stall", seconds);
+    ctx.step_info_append("checkpoint_save_time", seconds);
+    saved(ctx, name);
+  }
+
+  // Surfaces the outcome of a background save (waiting for it when asked).
+  void collect_finished_save(tloop::Context& ctx, bool wait) {
+    if (!pending_.valid()) return;
+    if (!wait && pending_.wait_for(std::chrono::seconds(0)) != std::future_status::ready) return;
+    const auto t0 = Clock::now();
+    try {
+      pending_.get();
+    } catch (const std::exception& e) {
+      failed(ctx, step_of(pending_name_), e.what());
+      return;
+    }
+    if (wait) ctx.step_info_append("checkpoint_wait", seconds_since(t0));
+    ctx.step_info_append("checkpoint_save_time", seconds_since(pending_started_));
+    saved(ctx, pending_name_);
+  }
+
+  void saved(tloop::Context& ctx, const std::string& name) {
+    ctx.debug("checkpointing: saved " + (root_ / name).string());
+    prune(ctx, name);
+  }
+
+  void failed(tloop::Context& ctx, int64_t step, const std::string& what) {
+    const std::string msg = "checkpoint of step " + std::to_string(step) + " failed: " + what +
+                            " (the previous checkpoints are intact)";
+    if (abort_on_error_) throw tloop::Error(msg + "; stopping (on_save_error = \"abort\")");
+    ctx.error(msg + "; training continues (on_save_error = \"continue\")");
+  }
+
+  // Keeps the newest checkpoint, `keep_previous` regular ones before it, and every _keep one.
+  void prune(tloop::Context& ctx, const std::string& newest) {
+    std::vector<std::pair<int64_t, fs::path>> regular;
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(root_, ec)) {
+      const std::string name = entry.path().filename().string();
+      if (entry.is_directory() && name != newest && std::regex_match(name, std::regex("[0-9]+")))
+        regular.emplace_back(step_of(name), entry.path());
+    }
+    std::sort(regular.begin(), regular.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+    for (size_t i = static_cast<size_t>(keep_previous_); i < regular.size(); ++i) {
+      fs::remove_all(regular[i].second, ec);
+      if (ec) ctx.error("checkpointing: could not prune " + regular[i].second.string() + ": " + ec.message());
+    }
+  }
+
+  int64_t interval_, keep_previous_, keep_interval_;
+  std::set<int64_t> keep_steps_;
+  std::string load_;
+  std::set<int> exit_signals_;
+  std::optional<int> exit_code_;
+  double exit_wait_;
+  bool async_, abort_on_error_, safetensors_;
+  fs::path root_;
+  int64_t last_saved_ = -1;
+  std::future<void> pending_;
+  std::string pending_name_;
+  Clock::time_point pending_started_;
+};
+
+}  // namespace
+
+TLOOP_PLUGIN_LIBRARY(tloop::hook<Checkpointing>())

@@ -1,0 +1,22 @@
+// Durable file I/O for checkpoints: whole files written with write(2) and
+// fsync'd, directories fsync'd after renames, and a CRC-32 to verify them.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace checkpointing {
+
+/// Writes `data` to `path` (created or truncated) and fsyncs it. Throws
+/// std::runtime_error naming the file and the OS error (ENOSPC, EIO, ...).
+void write_file_durably(const std::filesystem::path& path, const char* data, size_t size);
+/// fsync on a directory, so that renames and new entries in it are durable.
+void fsync_directory(const std::filesystem::path& dir);
+std::vector<char> read_file(const std::filesystem::path& path);
+/// CRC-32 (zlib's polynomial). Not cryptographic: it detects corruption,
+/// which is what a checkpoint manifest needs.
+uint32_t crc32_of(const char* data, size_t size);
+
+}  // namespace checkpointing

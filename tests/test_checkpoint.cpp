@@ -1,0 +1,314 @@
+// Checkpointing: durability under SIGKILL, verification, disk-full, signals,
+// retention, and exact resume.
+#include "support.h"
+
+#include <ATen/ops/equal.h>
+#include <nlohmann/json.hpp>
+#include <tloop/torch_save.hpp>
+
+// c10's logging (through the serialization headers) defines glog-style CHECK
+// macros; doctest's must win in this file.
+#undef CHECK
+#undef CHECK_EQ
+#undef CHECK_NE
+#undef CHECK_LT
+#undef CHECK_LE
+#undef CHECK_GT
+#undef CHECK_GE
+#undef CHECK_FALSE
+#undef CHECK_THROWS
+#undef CHECK_NOTHROW
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <csignal>
+#include <fstream>
+#include <map>
+#include <random>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+
+using test::TempDir;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string regression_spec(const fs::path& ws, int steps, const std::string& checkpointing) {
+  return "[run]\nworkspace = \"" + ws.string() + "\"\n[trainer]\nmax_steps = " + std::to_string(steps) +
+         "\ngradient_accumulation_steps = 2\n[task]\nplugin = \"regression_mlp\"\nhidden_dim = 64\ndataset_size = 2048\n"
+         "[optimizer]\ntype = \"adamw\"\nlr = 0.003\n[scheduler]\ntype = \"cosine\"\nwarmup_steps = 50\n"
+         "[[hooks]]\nplugin = \"logging\"\ninterval = 1\n"
+         "[[hooks]]\nplugin = \"checkpointing\"\n" + checkpointing + "\n";
+}
+
+// Starts `tloop run spec` in the background (output appended to `log`); returns
+// its pid. One intra-op thread: runs side by side under ctest -j do not fight.
+pid_t spawn(const fs::path& spec, const fs::path& log, const std::string& env = "") {
+  const std::string cmd = "exec env OMP_NUM_THREADS=1 " + env + " " + test::cli() + " run " + spec.string() + " >> " +
+                          log.string() + " 2>&1";
+  const pid_t pid = fork();
+  if (pid == 0) {
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  return pid;
+}
+
+int wait_exit(pid_t pid) {
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+// step -> every train/loss logged for it (a killed run logs some steps twice).
+std::map<int64_t, std::vector<double>> losses(const fs::path& metrics) {
+  std::map<int64_t, std::vector<double>> out;
+  for (const auto& line : test::read_lines(metrics)) {
+    nlohmann::json row = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (row.is_discarded() || !row.contains("train/loss")) continue;  // a line torn by SIGKILL
+    out[row["step"].get<int64_t>()].push_back(row["train/loss"].get<double>());
+  }
+  return out;
+}
+
+std::string latest(const fs::path& ws) {
+  std::string name = test::read_file(ws / "checkpoints" / "latest");
+  return name.substr(0, name.find('\n'));
+}
+
+std::vector<std::pair<std::string, at::Tensor>> model_of(const fs::path& checkpoint) {
+  std::ifstream in(checkpoint / "model.pt", std::ios::binary);
+  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return tloop::load_tensors(bytes);
+}
+
+void check_same_model(const fs::path& a, const fs::path& b) {
+  auto ma = model_of(a), mb = model_of(b);
+  REQUIRE(ma.size() == mb.size());
+  for (size_t i = 0; i < ma.size(); ++i) {
+    INFO(ma[i].first);
+    CHECK(ma[i].first == mb[i].first);
+    CHECK(at::equal(ma[i].second, mb[i].second));  // bit for bit
+  }
+}
+
+int kills_wanted() {
+  const char* env = std::getenv("TLOOP_FAULT_KILLS");
+  return env ? std::atoi(env) : 20;
+}
+
+}  // namespace
+
+TEST_CASE("a run SIGKILLed at random moments resumes to bit-identical weights and losses") {
+  TempDir dir;
+  const int steps = 4000;
+  const std::string ckpt = "interval = 40\nkeep_previous = 1\n";
+  test::write_file(dir / "ref.toml", regression_spec(dir / "ref", steps, ckpt));
+  test::write_file(dir / "faulty.toml", regression_spec(dir / "faulty", steps, ckpt));
+  REQUIRE(wait_exit(spawn(dir / "ref.toml", dir / "ref.log")) == 0);
+
+  std::mt19937 rng(20261123);
+  std::uniform_real_distribution<double> delay(0.15, 0.7);
+  int kills = 0, lives = 0;
+  for (;;) {
+    ++lives;
+    const pid_t pid = spawn(dir / "faulty.toml", dir / "faulty.log");
+    if (kills < kills_wanted()) {
+      std::this_thread::sleep_for(std::chrono::duration<double>(delay(rng)));
+      if (waitpid(pid, nullptr, WNOHANG) == 0) {
+        kill(pid, SIGKILL);
+        CHECK(wait_exit(pid) == 128 + SIGKILL);
+        ++kills;
+        continue;
+      }
+      FAIL("the run finished before it could be killed ", kills_wanted(), " times");
+    }
+    INFO(test::read_file(dir / "faulty.log"));
+    REQUIRE(wait_exit(pid) == 0);
+    break;
+  }
+  MESSAGE(kills, " kills over ", lives, " lives");
+  CHECK(kills == kills_wanted());
+
+  const auto reference = losses(dir / "ref" / "metrics.jsonl");
+  const auto faulty = losses(dir / "faulty" / "metrics.jsonl");
+  REQUIRE(reference.size() == static_cast<size_t>(steps));
+  REQUIRE(faulty.size() == static_cast<size_t>(steps));
+  size_t mismatches = 0;
+  for (const auto& [step, values] : faulty)
+    for (double v : values)
+      if (v != reference.at(step).front()) ++mismatches;
+  CHECK(mismatches == 0);
+  CHECK(latest(dir / "ref") == std::to_string(steps));
+  CHECK(latest(dir / "faulty") == std::to_string(steps));
+  check_same_model(dir / "ref" / "checkpoints" / std::to_string(steps),
+                   dir / "faulty" / "checkpoints" / std::to_string(steps));
+}
+
+TEST_CASE("digits_cnn stopped by SIGTERM and resumed ends exactly like an uninterrupted run") {
+  TempDir dir;
+  auto spec = [&](const std::string& name) {
+    return "[run]\nworkspace = \"" + (dir / name).string() +
+           "\"\n[trainer]\nmax_steps = 300\n[task]\nplugin = \"digits_cnn\"\neval_interval = 1000\nnum_images = 0\n"
+           "[optimizer]\nlr = 0.003\n[[hooks]]\nplugin = \"logging\"\ninterval = 1\n"
+           "[[hooks]]\nplugin = \"checkpointing\"\ninterval = 1000\nexit_signals = [\"SIGTERM\"]\n";
+  };
+  test::write_file(dir / "ref.toml", spec("ref"));
+  test::write_file(dir / "stopped.toml", spec("stopped"));
+  REQUIRE(wait_exit(spawn(dir / "ref.toml", dir / "ref.log")) == 0);
+  int stops = 0;
+  for (int life = 0; life < 3; ++life) {
+    const pid_t pid = spawn(dir / "stopped.toml", dir / "stopped.log");
+    std::this_thread::sleep_for(std::chrono::milliseconds(900));
+    kill(pid, SIGTERM);
+    const int code = wait_exit(pid);
+    if (code == 0) break;
+    REQUIRE(code == 128 + SIGTERM);
+    ++stops;
+  }
+  INFO(test::read_file(dir / "stopped.log"));
+  CHECK(stops >= 1);
+  CHECK(test::read_file(dir / "stopped.log").find("checkpointing: resumed from") != std::string::npos);
+  if (latest(dir / "stopped") != "300") REQUIRE(wait_exit(spawn(dir / "stopped.toml", dir / "stopped.log")) == 0);
+  const auto reference = losses(dir / "ref" / "metrics.jsonl");
+  for (const auto& [step, values] : losses(dir / "stopped" / "metrics.jsonl"))
+    for (double v : values) CHECK(v == reference.at(step).front());
+  check_same_model(dir / "ref" / "checkpoints" / "300", dir / "stopped" / "checkpoints" / "300");
+}
+
+TEST_CASE("a damaged newest checkpoint is named and the previous valid one is loaded") {
+  TempDir dir;
+  const fs::path ws = dir / "ws";
+  test::write_file(dir / "spec.toml", regression_spec(ws, 30, "interval = 10\nkeep_previous = 5\n"));
+  REQUIRE(wait_exit(spawn(dir / "spec.toml", dir / "first.log")) == 0);
+  const fs::path bad = ws / "checkpoints" / "30" / "model.pt";
+  {
+    std::fstream f(bad, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(100);
+    char c;
+    f.read(&c, 1);
+    f.seekp(100);
+    c = static_cast<char>(c ^ 0x5a);
+    f.write(&c, 1);
+  }
+  test::write_file(dir / "more.toml", regression_spec(ws, 35, "interval = 10\nkeep_previous = 5\n"));
+  REQUIRE(wait_exit(spawn(dir / "more.toml", dir / "second.log")) == 0);
+  const std::string log = test::read_file(dir / "second.log");
+  INFO(log);
+  CHECK(log.find("checkpoint " + (ws / "checkpoints" / "30").string() + " is damaged: " + bad.string() +
+                 ": checksum mismatch (the file is damaged); falling back to an older one") != std::string::npos);
+  CHECK(log.find("resumed from " + (ws / "checkpoints" / "20").string() + " at step 20") != std::string::npos);
+  CHECK(log.find("finished 'more': 35/35 steps") != std::string::npos);
+}
+
+TEST_CASE("a full disk during a save keeps the previous checkpoints and follows on_save_error") {
+  for (const std::string policy : {"continue", "abort"}) {
+    INFO(policy);
+    TempDir dir;
+    const fs::path ws = dir / "ws";
+    test::write_file(dir / "spec.toml",
+                     regression_spec(ws, 30, "interval = 10\nkeep_previous = 5\non_save_error = \"" + policy + "\"\n"));
+    // Room for one checkpoint (about 28 kB here), not two.
+    const std::string env = "LD_PRELOAD=" + std::string(TLOOP_TEST_SHIM_DIR) +
+                            "/enospc_shim.so TLOOP_TEST_ENOSPC_MATCH=/checkpoints/ TLOOP_TEST_ENOSPC_AFTER=40000";
+    const int code = wait_exit(spawn(dir / "spec.toml", dir / "run.log", env));
+    const std::string log = test::read_file(dir / "run.log");
+    INFO(log);
+    CHECK(log.find("checkpoint of step 20 failed: ") != std::string::npos);
+    CHECK(log.find("No space left on device (the previous checkpoints are intact)") != std::string::npos);
+    CHECK(test::read_file(ws / "checkpoints" / "latest") == "10\n");
+    CHECK_FALSE(fs::exists(ws / "checkpoints" / "20"));
+    if (policy == "abort") {
+      CHECK(code == 1);
+      CHECK(log.find("stopping (on_save_error = \"abort\")") != std::string::npos);
+    } else {
+      CHECK(code == 0);
+      CHECK(log.find("training continues (on_save_error = \"continue\")") != std::string::npos);
+    }
+    // The intact checkpoint loads: a run without the full disk resumes from it.
+    REQUIRE(wait_exit(spawn(dir / "spec.toml", dir / "resume.log")) == 0);
+    CHECK(test::read_file(dir / "resume.log").find("resumed from " + (ws / "checkpoints" / "10").string()) !=
+          std::string::npos);
+  }
+}
+
+TEST_CASE("SIGTERM and SIGUSR1 in exit_signals save that step's checkpoint and exit 128+N") {
+  for (int sig : {SIGTERM, SIGUSR1}) {
+    INFO(strsignal(sig));
+    TempDir dir;
+    const fs::path ws = dir / "ws";
+    test::write_file(dir / "spec.toml",
+                     regression_spec(ws, 100000000, "interval = 1000000\nexit_signals = [\"SIGTERM\", \"SIGUSR1\"]\n"));
+    const pid_t pid = spawn(dir / "spec.toml", dir / "run.log");
+    while (!fs::exists(ws / "metrics.jsonl")) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    kill(pid, sig);
+    CHECK(wait_exit(pid) == 128 + sig);
+    const std::string log = test::read_file(dir / "run.log");
+    INFO(log);
+    const std::string step = latest(ws);
+    CHECK(std::stoll(step) > 0);
+    CHECK(log.find("received: checkpoint of step " + step + " saved; exiting with code " + std::to_string(128 + sig)) !=
+          std::string::npos);
+    CHECK(fs::exists(ws / "checkpoints" / step / "manifest.json"));
+  }
+}
+
+TEST_CASE("keep_previous, keep_interval and keep_steps prune step by step") {
+  TempDir dir;
+  const std::string events = (dir / "events.txt").string();
+  const fs::path root = dir / "ws" / "checkpoints";
+  test::train(dir,
+              std::string("[plugins]\npaths = [\"") + TLOOP_TEST_PLUGIN_DIR +
+                  "\"]\n[trainer]\nmax_steps = 13\n[task]\nplugin = \"regression_mlp\"\n"
+                  "[[hooks]]\nplugin = \"checkpointing\"\ninterval = 2\nkeep_previous = 1\nkeep_interval = 6\n"
+                  "keep_steps = [4]\n[[hooks]]\nplugin = \"event_recorder\"\nfile = \"" + events + "\"\nlist_dir = \"" +
+                  root.string() + "\"\n");
+  std::vector<std::string> listings;
+  for (const auto& line : test::read_lines(events))
+    if (line.rfind("hook ls ", 0) == 0) listings.push_back(line.substr(8));
+  const std::vector<std::string> expected = {
+      "1",
+      "2 2 latest",
+      "3 2 latest",
+      "4 2 4_keep latest",                  // 4 is kept; the previous regular one stays (keep_previous = 1)
+      "5 2 4_keep latest",
+      "6 2 4_keep 6_keep latest",
+      "7 2 4_keep 6_keep latest",
+      "8 2 4_keep 6_keep 8 latest",
+      "9 2 4_keep 6_keep 8 latest",
+      "10 10 4_keep 6_keep 8 latest",       // 2 pruned: only one regular besides the newest
+      "11 10 4_keep 6_keep 8 latest",
+      "12 10 12_keep 4_keep 6_keep latest",  // 8 pruned: 10 is the one regular kept besides the newest
+      "13 10 12_keep 13 4_keep 6_keep latest",  // the last step is always saved
+  };
+  CHECK(listings == expected);
+  CHECK(test::read_file(root / "latest") == "13\n");
+}
+
+TEST_CASE("model.pt holds the run's parameters exactly, and async saves write the same checkpoint") {
+  TempDir sync_dir, async_dir;
+  auto run_sync = test::train(sync_dir, regression_spec(sync_dir / "ws", 12, "interval = 5\nsafetensors = true\n"));
+  auto run_async = test::train(async_dir, regression_spec(async_dir / "ws", 12, "interval = 5\nasync = true\n"));
+  const auto saved = model_of(sync_dir / "ws" / "checkpoints" / "12");
+  REQUIRE(saved.size() == run_sync->host().parameters().size());
+  for (size_t i = 0; i < saved.size(); ++i) {
+    CHECK(saved[i].first == run_sync->host().parameters()[i].first);
+    CHECK(at::equal(saved[i].second, run_sync->host().parameters()[i].second.detach()));
+  }
+  check_same_model(sync_dir / "ws" / "checkpoints" / "12", async_dir / "ws" / "checkpoints" / "12");
+  CHECK(fs::exists(sync_dir / "ws" / "checkpoints" / "12" / "model.safetensors"));
+  CHECK(run_async->host().step_info().count("checkpoint_stall") == 1);
+  CHECK_FALSE(fs::exists(async_dir / "ws" / "checkpoints" / "10"));  // pruned (keep_previous = 0) once 12 was saved
+}
+
+TEST_CASE("load: a missing explicit checkpoint is an error, a missing latest is a fresh start") {
+  TempDir dir;
+  CHECK_THROWS_WITH_AS(test::train(dir, regression_spec(dir / "ws", 3, "load = \"/nonexistent/ckpt\"\n")),
+                       "hooks[1] (checkpointing) failed in resume: load: no checkpoint at '/nonexistent/ckpt'",
+                       tloop::PluginError);
+  TempDir fresh;
+  auto run = test::train(fresh, regression_spec(fresh / "ws", 3, ""));
+  CHECK(run->host().step() == 3);
+}
