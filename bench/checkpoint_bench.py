@@ -27,7 +27,7 @@ max_steps = 8
 plugin = "regression_mlp"
 input_dim = 1024
 hidden_dim = 16384
-batch_size = 16
+batch_size = 256
 [optimizer]
 type = "adamw"
 lr = 1e-4

@@ -9,7 +9,7 @@
 
 namespace tloop {
 
-Optimizer::Optimizer(const OptimizerSpec& spec, const std::vector<at::Tensor>& params) {
+Optimizer::Optimizer(const OptimizerSpec& spec, const std::vector<at::Tensor>& params) : type_(spec.type) {
   if (spec.type == "sgd") {
     impl_ = std::make_unique<torch::optim::SGD>(params, torch::optim::SGDOptions(spec.lr)
                                                             .momentum(spec.momentum)
@@ -35,6 +35,78 @@ Optimizer::Optimizer(const OptimizerSpec& spec, const std::vector<at::Tensor>& p
 }
 
 Optimizer::~Optimizer() = default;
+
+namespace {
+
+template <class State>
+void put_adam(const State& s, const std::string& prefix, StateDict& out) {
+  out[prefix + "step"] = s.step();
+  out[prefix + "exp_avg"] = s.exp_avg();
+  out[prefix + "exp_avg_sq"] = s.exp_avg_sq();
+  if (s.max_exp_avg_sq().defined()) out[prefix + "max_exp_avg_sq"] = s.max_exp_avg_sq();
+}
+
+const at::Tensor* tensor_at(const StateDict& in, const std::string& key) {
+  auto it = in.find(key);
+  return it == in.end() ? nullptr : std::get_if<at::Tensor>(&it->second);
+}
+
+// A private copy on the parameter's device: the loaded tensor may share a file buffer.
+at::Tensor owned(const at::Tensor& t, const at::Tensor& param) { return t.to(param.device(), true, true); }
+
+template <class State>
+std::unique_ptr<State> load_adam(const StateDict& in, const std::string& prefix, const at::Tensor& param) {
+  auto s = std::make_unique<State>();
+  auto step = in.find(prefix + "step");
+  if (step == in.end() || !std::holds_alternative<int64_t>(step->second))
+    throw std::runtime_error("the saved optimizer state has no '" + prefix + "step'");
+  s->step(std::get<int64_t>(step->second));
+  for (const char* k : {"exp_avg", "exp_avg_sq"})
+    if (!tensor_at(in, prefix + k)) throw std::runtime_error("the saved optimizer state has no '" + prefix + k + "'");
+  s->exp_avg(owned(*tensor_at(in, prefix + "exp_avg"), param));
+  s->exp_avg_sq(owned(*tensor_at(in, prefix + "exp_avg_sq"), param));
+  if (const at::Tensor* m = tensor_at(in, prefix + "max_exp_avg_sq")) s->max_exp_avg_sq(owned(*m, param));
+  return s;
+}
+
+}  // namespace
+
+void Optimizer::state_dict(const std::vector<std::pair<std::string, at::Tensor>>& params, StateDict& out) const {
+  auto& states = impl_->state();
+  for (const auto& [name, p] : params) {
+    auto it = states.find(p.unsafeGetTensorImpl());
+    if (it == states.end()) continue;  // no step taken yet
+    const std::string prefix = "optimizer/" + name + "/";
+    if (type_ == "sgd") {
+      const auto& s = static_cast<const torch::optim::SGDParamState&>(*it->second);
+      if (s.momentum_buffer().defined()) out[prefix + "momentum_buffer"] = s.momentum_buffer();
+    } else if (type_ == "adam") {
+      put_adam(static_cast<const torch::optim::AdamParamState&>(*it->second), prefix, out);
+    } else {
+      put_adam(static_cast<const torch::optim::AdamWParamState&>(*it->second), prefix, out);
+    }
+  }
+}
+
+void Optimizer::load_state_dict(const std::vector<std::pair<std::string, at::Tensor>>& params, const StateDict& in) {
+  auto& states = impl_->state();
+  states.clear();
+  for (const auto& [name, p] : params) {
+    const std::string prefix = "optimizer/" + name + "/";
+    if (type_ == "sgd") {
+      if (const at::Tensor* m = tensor_at(in, prefix + "momentum_buffer")) {
+        auto s = std::make_unique<torch::optim::SGDParamState>();
+        s->momentum_buffer(owned(*m, p));
+        states[p.unsafeGetTensorImpl()] = std::move(s);
+      }
+    } else if (in.count(prefix + "step")) {
+      if (type_ == "adam")
+        states[p.unsafeGetTensorImpl()] = load_adam<torch::optim::AdamParamState>(in, prefix, p);
+      else
+        states[p.unsafeGetTensorImpl()] = load_adam<torch::optim::AdamWParamState>(in, prefix, p);
+    }
+  }
+}
 
 void Optimizer::step() { impl_->step(); }
 void Optimizer::zero_grad() { impl_->zero_grad(/*set_to_none=*/true); }

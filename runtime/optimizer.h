@@ -26,9 +26,16 @@ class Optimizer : public ParamGroups {
   const std::string& name(size_t group) const override;
   double lr(size_t group) const override;
 
+  /// Per-parameter state as plain entries ("optimizer/<param>/exp_avg", ".../step",
+  /// ...): tensors that a checkpoint copies and writes like any other.
+  void state_dict(const std::vector<std::pair<std::string, at::Tensor>>& params, StateDict& out) const;
+  /// Restores what state_dict wrote; parameters without saved state start fresh.
+  void load_state_dict(const std::vector<std::pair<std::string, at::Tensor>>& params, const StateDict& in);
+
   torch::optim::Optimizer& impl() { return *impl_; }
 
  private:
+  std::string type_;
   std::unique_ptr<torch::optim::Optimizer> impl_;
   std::vector<double> base_lrs_;
   std::vector<std::string> names_;

@@ -5,10 +5,6 @@
 
 #include <ATen/Context.h>
 #include <ATen/core/grad_mode.h>
-#include <ATen/ops/from_blob.h>
-#include <torch/optim/optimizer.h>
-#include <torch/serialize/input-archive.h>
-#include <torch/serialize/output-archive.h>
 #include <nlohmann/json.hpp>
 #include <torch/cuda.h>
 
@@ -17,7 +13,6 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
-#include <sstream>
 
 namespace tloop {
 namespace fs = std::filesystem;
@@ -149,13 +144,6 @@ void Run::load_plugin_state(const StateDict& state) {
 
 namespace {
 
-at::Tensor bytes_tensor(const std::string& bytes) {
-  return at::from_blob(const_cast<char*>(bytes.data()), {static_cast<int64_t>(bytes.size())}, at::kByte).clone();
-}
-std::string tensor_bytes(const at::Tensor& t) {
-  at::Tensor c = t.to(at::kCPU).contiguous();
-  return std::string(static_cast<const char*>(c.data_ptr()), static_cast<size_t>(c.numel()));
-}
 template <class T>
 const T& state_get(const StateDict& state, const std::string& key) {
   auto it = state.find(key);
@@ -171,13 +159,7 @@ StateDict Run::run_state() const {
   StateDict state = plugin_state();
   for (const auto* list : {&host_->parameters(), &host_->buffers()})
     for (const auto& [name, t] : *list) state["model/" + name] = t;
-  // The optimizer serialises itself (every torch::optim type, param order);
-  // its archive travels as a byte tensor.
-  std::ostringstream archive_bytes;
-  torch::serialize::OutputArchive archive;
-  optimizer_->impl().save(archive);
-  archive.save_to(archive_bytes);
-  state["optimizer/archive"] = bytes_tensor(archive_bytes.str());
+  optimizer_->state_dict(host_->parameters(), state);
   state["trainer/step"] = host_->step();
   if (GradScaler* scaler = trainer_->scaler()) {
     state["grad_scaler/scale"] = scaler->scale_tensor();
@@ -208,10 +190,7 @@ void Run::load_run_state(const StateDict& state) {
         const_cast<at::Tensor&>(t).copy_(saved);
       }
   }
-  const std::string archive_bytes = tensor_bytes(state_get<at::Tensor>(state, "optimizer/archive"));
-  torch::serialize::InputArchive archive;
-  archive.load_from(archive_bytes.data(), archive_bytes.size(), device_);
-  optimizer_->impl().load(archive);
+  optimizer_->load_state_dict(host_->parameters(), state);
   host_->set_step(state_get<int64_t>(state, "trainer/step"));
   if (GradScaler* scaler = trainer_->scaler()) {
     scaler->scale_tensor().copy_(state_get<at::Tensor>(state, "grad_scaler/scale"));

@@ -41,7 +41,7 @@ class Run {
   StateDict plugin_state() const;
   void load_plugin_state(const StateDict& state);
   /// Everything a resumed run needs (ABI run_state_dict): plugin_state() plus
-  /// "model/...", "optimizer/archive", "trainer/step", "grad_scaler/...",
+  /// "model/...", "optimizer/<param>/...", "trainer/step", "grad_scaler/...",
   /// "rng/...", "meta/spec", "meta/plugins".
   StateDict run_state() const;
   void load_run_state(const StateDict& state);

@@ -203,15 +203,21 @@ TEST_CASE("a damaged newest checkpoint is named and the previous valid one is lo
 }
 
 TEST_CASE("a full disk during a save keeps the previous checkpoints and follows on_save_error") {
+  // Measure one checkpoint, then leave room for one and a half.
+  TempDir probe;
+  test::write_file(probe / "spec.toml", regression_spec(probe / "ws", 10, "interval = 10\n"));
+  REQUIRE(wait_exit(spawn(probe / "spec.toml", probe / "run.log")) == 0);
+  uintmax_t one = 0;
+  for (const auto& f : fs::directory_iterator(probe / "ws" / "checkpoints" / "10")) one += f.file_size();
+  const std::string budget = std::to_string(one * 3 / 2);
   for (const std::string policy : {"continue", "abort"}) {
     INFO(policy);
     TempDir dir;
     const fs::path ws = dir / "ws";
     test::write_file(dir / "spec.toml",
                      regression_spec(ws, 30, "interval = 10\nkeep_previous = 5\non_save_error = \"" + policy + "\"\n"));
-    // Room for one checkpoint (about 28 kB here), not two.
     const std::string env = "LD_PRELOAD=" + std::string(TLOOP_TEST_SHIM_DIR) +
-                            "/enospc_shim.so TLOOP_TEST_ENOSPC_MATCH=/checkpoints/ TLOOP_TEST_ENOSPC_AFTER=40000";
+                            "/enospc_shim.so TLOOP_TEST_ENOSPC_MATCH=/checkpoints/ TLOOP_TEST_ENOSPC_AFTER=" + budget;
     const int code = wait_exit(spawn(dir / "spec.toml", dir / "run.log", env));
     const std::string log = test::read_file(dir / "run.log");
     INFO(log);

@@ -40,7 +40,8 @@ def test_model_pt_and_safetensors_hold_the_model_state_dict(run_tloop):
         assert torch.equal(safe[name], tensor), name
     # The rest of the run state: optimizer, RNG, and each hook's (EMA) under its key.
     state = torch.load(root / "7" / "state.pt", weights_only=True)
-    assert {"optimizer/archive", "rng/cpu"} <= set(state)
+    assert {"optimizer/fc2.weight/exp_avg", "optimizer/fc2.weight/exp_avg_sq", "rng/cpu"} <= set(state)
+    assert state["optimizer/fc2.weight/exp_avg"].shape == model["fc2.weight"].shape
     assert state["hooks/ema/ema_model/fc2.weight"].shape == model["fc2.weight"].shape
     assert not torch.equal(state["hooks/ema/ema_model/fc2.weight"], model["fc2.weight"])
 

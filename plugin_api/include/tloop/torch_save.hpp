@@ -15,7 +15,9 @@
 #include <torch/csrc/jit/serialization/pickle.h>
 #include <torch/csrc/jit/serialization/pickler.h>
 
+#include <exception>
 #include <fstream>
+#include <functional>
 #include <stdexcept>
 
 #include <string>
@@ -24,8 +26,10 @@
 
 namespace tloop {
 
-/// The bytes of a file holding {name: tensor} (tensors moved to the CPU).
-inline std::vector<char> serialize_tensors(const std::vector<std::pair<std::string, at::Tensor>>& tensors) {
+/// Streams the bytes of a file holding {name: tensor} (tensors moved to the
+/// CPU) to `sink`, in order, without building the file in memory.
+inline void serialize_tensors(const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                              const std::function<void(const char*, size_t)>& sink) {
   c10::impl::GenericDict dict(c10::StringType::get(), c10::TensorType::get());
   for (const auto& [name, t] : tensors) dict.insert(name, t.detach().to(at::kCPU));
   std::vector<char> pickle;
@@ -35,13 +39,29 @@ inline std::vector<char> serialize_tensors(const std::vector<std::pair<std::stri
   pickler.protocol();
   pickler.pushIValue(c10::IValue(dict));
   pickler.stop();
-  std::vector<char> file;
+  // A sink that throws (a full disk) must not throw through the writer: its
+  // destructor would then throw again and terminate. Keep the first error,
+  // let the writer finish into nothing, then rethrow.
+  std::exception_ptr error;
   caffe2::serialize::PyTorchStreamWriter writer([&](const void* data, size_t n) {
-    file.insert(file.end(), static_cast<const char*>(data), static_cast<const char*>(data) + n);
+    if (!error) {
+      try {
+        sink(static_cast<const char*>(data), n);
+      } catch (...) {
+        error = std::current_exception();
+      }
+    }
     return n;
   });
   torch::jit::writeArchiveAndTensors("data", pickle.data(), pickle.size(), pickler.tensorData(), writer);
   writer.writeEndOfFile();
+  if (error) std::rethrow_exception(error);
+}
+
+/// The bytes of a file holding {name: tensor}.
+inline std::vector<char> serialize_tensors(const std::vector<std::pair<std::string, at::Tensor>>& tensors) {
+  std::vector<char> file;
+  serialize_tensors(tensors, [&](const char* data, size_t n) { file.insert(file.end(), data, data + n); });
   return file;
 }
 

@@ -86,15 +86,21 @@ void write_checkpoint(const fs::path& root, const std::string& name, const Snaps
   fs::create_directory(tmp);
 
   json manifest = {{"format", 1}, {"step", snap.step}, {"files", json::object()}};
-  auto put = [&](const std::string& file, const std::vector<char>& bytes) {
-    checkpointing::write_file_durably(tmp / file, bytes.data(), bytes.size());
-    manifest["files"][file] = {{"size", bytes.size()}, {"crc32", checkpointing::crc32_of(bytes.data(), bytes.size())}};
+  // Files are streamed to disk as they are produced, checksummed on the way.
+  auto put = [&](const std::string& file, const std::function<void(const std::function<void(const char*, size_t)>&)>& produce) {
+    checkpointing::DurableFile out(tmp / file);
+    produce([&](const char* data, size_t n) { out.append(data, n); });
+    out.finish();
+    manifest["files"][file] = {{"size", out.size()}, {"crc32", out.crc32()}};
   };
-  put("model.pt", tloop::serialize_tensors(snap.model));
-  if (safetensors) put("model.safetensors", safetensors_bytes(snap.model));
-  put("state.pt", tloop::serialize_tensors(snap.tensors));
+  auto bytes = [](std::vector<char> b) {
+    return [b = std::move(b)](const std::function<void(const char*, size_t)>& sink) { sink(b.data(), b.size()); };
+  };
+  put("model.pt", [&](const auto& sink) { tloop::serialize_tensors(snap.model, sink); });
+  if (safetensors) put("model.safetensors", bytes(safetensors_bytes(snap.model)));
+  put("state.pt", [&](const auto& sink) { tloop::serialize_tensors(snap.tensors, sink); });
   const std::string scalars = snap.scalars.dump(1);
-  put("state.json", std::vector<char>(scalars.begin(), scalars.end()));
+  put("state.json", bytes(std::vector<char>(scalars.begin(), scalars.end())));
   const std::string manifest_text = manifest.dump(1);
   checkpointing::write_file_durably(tmp / "manifest.json", manifest_text.data(), manifest_text.size());
   checkpointing::fsync_directory(tmp);

@@ -17,26 +17,40 @@ std::runtime_error os_error(const std::string& what, const std::filesystem::path
 }
 }  // namespace
 
-void write_file_durably(const std::filesystem::path& path, const char* data, size_t size) {
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw os_error("cannot create", path, errno);
+DurableFile::DurableFile(const std::filesystem::path& path) : path_(path) {
+  fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd_ < 0) throw os_error("cannot create", path, errno);
+}
+
+DurableFile::~DurableFile() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void DurableFile::append(const char* data, size_t size) {
+  crc_ = static_cast<uint32_t>(::crc32_z(crc_, reinterpret_cast<const Bytef*>(data), size));
+  size_ += size;
   while (size > 0) {
-    const ssize_t n = ::write(fd, data, size);
+    const ssize_t n = ::write(fd_, data, size);
     if (n < 0) {
       if (errno == EINTR) continue;
-      const int err = errno;
-      ::close(fd);
-      throw os_error("write failed", path, err);
+      throw os_error("write failed", path_, errno);
     }
     data += n;
     size -= static_cast<size_t>(n);
   }
-  if (::fsync(fd) != 0) {
-    const int err = errno;
-    ::close(fd);
-    throw os_error("fsync failed", path, err);
-  }
-  if (::close(fd) != 0) throw os_error("close failed", path, errno);
+}
+
+void DurableFile::finish() {
+  if (::fsync(fd_) != 0) throw os_error("fsync failed", path_, errno);
+  const int fd = fd_;
+  fd_ = -1;
+  if (::close(fd) != 0) throw os_error("close failed", path_, errno);
+}
+
+void write_file_durably(const std::filesystem::path& path, const char* data, size_t size) {
+  DurableFile file(path);
+  file.append(data, size);
+  file.finish();
 }
 
 void fsync_directory(const std::filesystem::path& dir) {
@@ -55,14 +69,7 @@ std::vector<char> read_file(const std::filesystem::path& path) {
 }
 
 uint32_t crc32_of(const char* data, size_t size) {
-  uLong crc = ::crc32(0L, Z_NULL, 0);
-  while (size > 0) {  // zlib takes uInt lengths
-    const uInt chunk = static_cast<uInt>(std::min<size_t>(size, 1u << 30));
-    crc = ::crc32(crc, reinterpret_cast<const Bytef*>(data), chunk);
-    data += chunk;
-    size -= chunk;
-  }
-  return static_cast<uint32_t>(crc);
+  return static_cast<uint32_t>(::crc32_z(0, reinterpret_cast<const Bytef*>(data), size));
 }
 
 }  // namespace checkpointing
