@@ -377,6 +377,24 @@ tloop_status hook_event(void* self, const tloop_context* c) noexcept {
   });
 }
 
+// state_dict / load_state_dict of hooks and tasks alike.
+template <class T>
+tloop_status state_dict(void* self, const tloop_context* c, tloop_state* s) noexcept {
+  return guarded(c, [&] {
+    Context ctx(c);
+    StateWriter w(c, s);
+    static_cast<T*>(self)->state_dict(ctx, w);
+  });
+}
+template <class T>
+tloop_status load_state_dict(void* self, const tloop_context* c, const tloop_state* s) noexcept {
+  return guarded(c, [&] {
+    Context ctx(c);
+    StateReader r(c, s);
+    static_cast<T*>(self)->load_state_dict(ctx, r);
+  });
+}
+
 template <class T>
 struct HookAdapter {
   static tloop_status on_log(void* self, const tloop_context* c, const tloop_metric* m, size_t n) noexcept {
@@ -398,20 +416,6 @@ struct HookAdapter {
       static_cast<T*>(self)->on_log_images(ctx, images);
     });
   }
-  static tloop_status state_dict(void* self, const tloop_context* c, tloop_state* s) noexcept {
-    return guarded(c, [&] {
-      Context ctx(c);
-      StateWriter w(c, s);
-      static_cast<T*>(self)->state_dict(ctx, w);
-    });
-  }
-  static tloop_status load_state_dict(void* self, const tloop_context* c, const tloop_state* s) noexcept {
-    return guarded(c, [&] {
-      Context ctx(c);
-      StateReader r(c, s);
-      static_cast<T*>(self)->load_state_dict(ctx, r);
-    });
-  }
   static const tloop_hook_vtable* vtable() {
     static const tloop_hook_vtable vt = {
         sizeof(tloop_hook_vtable),
@@ -424,8 +428,8 @@ struct HookAdapter {
         &hook_event<T, &Hook::after_train>,
         &on_log,
         &on_log_images,
-        &state_dict,
-        &load_state_dict,
+        &detail::state_dict<T>,
+        &detail::load_state_dict<T>,
         &hook_event<T, &Hook::resume>,
     };
     return &vt;

@@ -109,24 +109,10 @@ struct TaskAdapter {
       }
     });
   }
-  static tloop_status state_dict(void* self, const tloop_context* c, tloop_state* s) noexcept {
-    return guarded(c, [&] {
-      Context ctx(c);
-      StateWriter w(c, s);
-      static_cast<T*>(self)->state_dict(ctx, w);
-    });
-  }
-  static tloop_status load_state_dict(void* self, const tloop_context* c, const tloop_state* s) noexcept {
-    return guarded(c, [&] {
-      Context ctx(c);
-      StateReader r(c, s);
-      static_cast<T*>(self)->load_state_dict(ctx, r);
-    });
-  }
   static const tloop_task_vtable* vtable() {
     static const tloop_task_vtable vt = {
-        sizeof(tloop_task_vtable), &create<T>, &destroy<T>, &setup, &next_batch, &forward, &state_dict,
-        &load_state_dict,
+        sizeof(tloop_task_vtable), &create<T>,         &destroy<T>, &setup, &next_batch, &forward,
+        &detail::state_dict<T>,    &detail::load_state_dict<T>,
     };
     return &vt;
   }
