@@ -1,12 +1,13 @@
 // image_files: trainloop's ImageFileLoggerHook. Every log_images call writes
 // <workspace>/visualizations/<step>/<key path>.<format> (rank 0 only), PNG or
 // JPEG (alpha flattened onto white). Keys are sanitised so that no image can
-// land outside its step directory. Encoding by stb_image_write (Debian libstb).
+// land outside its step directory.
+#include "../common/image_encode.h"
+
 #include <tloop/sdk.hpp>
 
-#include <stb_image_write.h>
-
 #include <filesystem>
+#include <fstream>
 #include <set>
 #include <vector>
 
@@ -75,27 +76,11 @@ class ImageFiles : public tloop::Hook {
 
  private:
   void write(const fs::path& path, const tloop::ImageView& im) {
-    // Rows tightly packed; JPEG gets no alpha channel.
-    const int out_channels = format_ == "jpg" ? (im.channels == 1 ? 1 : 3) : im.channels;
-    std::vector<unsigned char> buf(static_cast<size_t>(im.width) * im.height * out_channels);
-    for (int y = 0; y < im.height; ++y) {
-      const uint8_t* row = im.pixels + static_cast<int64_t>(y) * im.row_stride;
-      for (int x = 0; x < im.width; ++x) {
-        const uint8_t* px = row + x * im.channels;
-        unsigned char* out = &buf[(static_cast<size_t>(y) * im.width + x) * out_channels];
-        if (out_channels == im.channels) {
-          std::copy(px, px + im.channels, out);
-        } else {  // RGBA -> RGB over white
-          const int a = px[3];
-          for (int c = 0; c < 3; ++c) out[c] = static_cast<unsigned char>((px[c] * a + 255 * (255 - a) + 127) / 255);
-        }
-      }
-    }
-    const std::string p = path.string();
-    const int ok = format_ == "png"
-                       ? stbi_write_png(p.c_str(), im.width, im.height, out_channels, buf.data(), im.width * out_channels)
-                       : stbi_write_jpg(p.c_str(), im.width, im.height, out_channels, buf.data(), quality_);
-    if (!ok) throw tloop::Error("cannot write image " + p);
+    const std::string bytes = hooks::encode_image(im, format_, quality_);
+    std::ofstream out(path, std::ios::binary);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    out.close();
+    if (!out) throw tloop::Error("cannot write image " + path.string());
   }
 
   std::string format_;
