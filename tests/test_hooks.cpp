@@ -198,3 +198,25 @@ TEST_CASE("cuda_max_memory on CPU says so once and records the peak RSS") {
   CHECK(log.find(said) != std::string::npos);
   CHECK(log.find(said) == log.rfind(said));
 }
+
+TEST_CASE("progress counts its ETA from the resumed step after a resume") {
+  TempDir dir;
+  const std::string ckpt = "[[hooks]]\nplugin = \"checkpointing\"\ninterval = 10\n";
+  const std::string progress = "[[hooks]]\nplugin = \"progress\"\ninterval = 5\neta_warmup = 2\n";
+  auto spec = [&](int steps) {
+    return "[run]\nworkspace = \"" + (dir / "ws").string() + "\"\n[trainer]\nmax_steps = " + std::to_string(steps) +
+           "\n[task]\nplugin = \"regression_mlp\"\n" + ckpt + progress;
+  };
+  test::write_file(dir / "first.toml", spec(20));
+  REQUIRE(test::run_command(test::cli() + " run " + (dir / "first.toml").string()).exit_code == 0);
+  test::write_file(dir / "more.toml", spec(40));
+  auto r = test::run_command("(" + test::cli() + " run " + (dir / "more.toml").string() + " 2>&1) | cat");
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.output.find("Resuming training at step 20/40") != std::string::npos);
+  // Warm-up counts from step 20: step 25 already has an ETA.
+  const size_t at = r.output.find("step 25/40 |");
+  REQUIRE(at != std::string::npos);
+  CHECK(r.output.substr(at, r.output.find('\n', at) - at).find("| ETA 0:00:") != std::string::npos);
+  CHECK(r.output.find("Finished training: 20 steps in") != std::string::npos);
+}
