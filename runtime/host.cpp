@@ -27,17 +27,34 @@ const toml::node* option_node(const tloop_options* o, const char* name) {
   return o && o->table && name ? o->table->get(name) : nullptr;
 }
 
+// Element `index` of list option `name`, or nullptr with *status saying why.
+const toml::node* option_element(const tloop_options* o, const char* name, size_t index, tloop_status* status) {
+  const toml::node* n = option_node(o, name);
+  const toml::array* a = n ? n->as_array() : nullptr;
+  *status = !n ? TLOOP_NOT_FOUND : !a ? TLOOP_TYPE_MISMATCH : index >= a->size() ? TLOOP_NOT_FOUND : TLOOP_OK;
+  return *status == TLOOP_OK ? a->get(index) : nullptr;
+}
+
 std::string state_key(const tloop_state* s, const char* key) { return s->prefix + key; }
+
+// The entries a state reads from: its own dict, or the one it was given to read.
+const StateDict& entries(const tloop_state* s) { return s->read ? *s->read : *s->dict; }
+
+// The value of type T under `key`, or nullptr with *status saying why.
+template <class T>
+const T* state_find(const tloop_state* s, const char* key, tloop_status* status) {
+  const StateDict& d = entries(s);
+  auto it = d.find(state_key(s, key));
+  const T* v = it == d.end() ? nullptr : std::get_if<T>(&it->second);
+  *status = it == d.end() ? TLOOP_NOT_FOUND : v ? TLOOP_OK : TLOOP_TYPE_MISMATCH;
+  return v;
+}
 
 template <class T>
 tloop_status state_get(const tloop_state* s, const char* key, T* out) {
-  const StateDict& d = s->read ? *s->read : *s->dict;
-  auto it = d.find(state_key(s, key));
-  if (it == d.end()) return TLOOP_NOT_FOUND;
-  const T* v = std::get_if<T>(&it->second);
-  if (v == nullptr) return TLOOP_TYPE_MISMATCH;
-  *out = *v;
-  return TLOOP_OK;
+  tloop_status st;
+  if (const T* v = state_find<T>(s, key, &st)) *out = *v;
+  return st;
 }
 
 template <class T>
@@ -102,24 +119,17 @@ struct HostApi {
     return TLOOP_OK;
   }
   static tloop_status option_string_list(const tloop_options* o, const char* name, size_t index, const char** out) {
-    const toml::node* n = option_node(o, name);
-    if (!n) return TLOOP_NOT_FOUND;
-    const toml::array* a = n->as_array();
-    if (!a) return TLOOP_TYPE_MISMATCH;
-    if (index >= a->size()) return TLOOP_NOT_FOUND;
-    const toml::node* e = a->get(index);
+    tloop_status st;
+    const toml::node* e = option_element(o, name, index, &st);
+    if (!e) return st;
     if (!e->is_string()) return TLOOP_TYPE_MISMATCH;
     *out = e->as_string()->get().c_str();
     return TLOOP_OK;
   }
-
   static tloop_status option_int_list(const tloop_options* o, const char* name, size_t index, int64_t* out) {
-    const toml::node* n = option_node(o, name);
-    if (!n) return TLOOP_NOT_FOUND;
-    const toml::array* a = n->as_array();
-    if (!a) return TLOOP_TYPE_MISMATCH;
-    if (index >= a->size()) return TLOOP_NOT_FOUND;
-    const toml::node* e = a->get(index);
+    tloop_status st;
+    const toml::node* e = option_element(o, name, index, &st);
+    if (!e) return st;
     if (!e->is_integer()) return TLOOP_TYPE_MISMATCH;
     *out = e->as_integer()->get();
     return TLOOP_OK;
@@ -243,13 +253,9 @@ struct HostApi {
     }
   }
   static tloop_status state_get_tensor(const tloop_state* s, const char* key, tloop_tensor* out) {
-    const StateDict& d = s->read ? *s->read : *s->dict;
-    auto it = d.find(state_key(s, key));
-    if (it == d.end()) return TLOOP_NOT_FOUND;
-    const at::Tensor* t = std::get_if<at::Tensor>(&it->second);
-    if (!t) return TLOOP_TYPE_MISMATCH;
-    *out = raw(*t);
-    return TLOOP_OK;
+    tloop_status st;
+    if (const at::Tensor* t = state_find<at::Tensor>(s, key, &st)) *out = raw(*t);  // BORROWED
+    return st;
   }
   static tloop_status state_get_int(const tloop_state* s, const char* key, int64_t* out) {
     return state_get(s, key, out);
@@ -258,13 +264,9 @@ struct HostApi {
     return state_get(s, key, out);
   }
   static tloop_status state_get_string(const tloop_state* s, const char* key, const char** out) {
-    const StateDict& d = s->read ? *s->read : *s->dict;
-    auto it = d.find(state_key(s, key));
-    if (it == d.end()) return TLOOP_NOT_FOUND;
-    const std::string* v = std::get_if<std::string>(&it->second);
-    if (!v) return TLOOP_TYPE_MISMATCH;
-    *out = v->c_str();
-    return TLOOP_OK;
+    tloop_status st;
+    if (const std::string* v = state_find<std::string>(s, key, &st)) *out = v->c_str();  // BORROWED
+    return st;
   }
 
   static tloop_state* state_new(tloop_host*) {
@@ -278,8 +280,7 @@ struct HostApi {
   }
   static void state_free(tloop_state* s) { delete s; }
   static void state_visit(const tloop_state* s, tloop_state_visitor visit, void* user) {
-    const StateDict& d = s->read ? *s->read : *s->dict;
-    for (const auto& [key, value] : d) {
+    for (const auto& [key, value] : entries(s)) {
       if (key.rfind(s->prefix, 0) != 0) continue;
       tloop_state_value v{sizeof(tloop_state_value), TLOOP_STATE_TENSOR, nullptr, 0, 0.0, nullptr};
       if (const auto* t = std::get_if<at::Tensor>(&value)) {
@@ -313,7 +314,7 @@ struct HostApi {
   static tloop_status run_load_state_dict(tloop_host* h, const tloop_state* in) {
     try {
       if (!H(h).load_run_state_ || in == nullptr) throw std::logic_error("run_load_state_dict is not available here");
-      const StateDict& d = in->read ? *in->read : *in->dict;
+      const StateDict& d = entries(in);
       if (in->prefix.empty()) {
         H(h).load_run_state_(d);
       } else {

@@ -32,7 +32,6 @@ class Optimizer : public ParamGroups {
   /// Restores what state_dict wrote; parameters without saved state start fresh.
   void load_state_dict(const std::vector<std::pair<std::string, at::Tensor>>& params, const StateDict& in);
 
-
  private:
   std::string type_;
   std::unique_ptr<torch::optim::Optimizer> impl_;

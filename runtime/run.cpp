@@ -187,7 +187,7 @@ void Run::load_run_state(const StateDict& state) {
         if (saved.sizes() != t.sizes())
           throw std::runtime_error(tloop::str("model/", name, " has shape ", saved.sizes(), " in the checkpoint but ",
                                        t.sizes(), " in the model"));
-        const_cast<at::Tensor&>(t).copy_(saved);
+        t.copy_(saved);  // in place: the task's module holds the same tensor
       }
   }
   optimizer_->load_state_dict(host_->parameters(), state);

@@ -102,15 +102,22 @@ inline OptionSpec option(std::string name, const char* def, std::string doc) {
 inline OptionSpec option(std::string name, std::string def, std::string doc) {
   return option(std::move(name), def.c_str(), std::move(doc));
 }
+namespace detail {
+// "[a, b]" with each element written by `literal`.
+template <class T, class Literal>
+std::string list_literal(const std::vector<T>& values, Literal literal) {
+  std::string out = "[";
+  for (size_t i = 0; i < values.size(); ++i) out += (i ? ", " : "") + literal(values[i]);
+  return out + "]";
+}
+}  // namespace detail
 inline OptionSpec option(std::string name, std::vector<std::string> def, std::string doc) {
-  std::string lit = "[";
-  for (size_t i = 0; i < def.size(); ++i) lit += (i ? ", " : "") + detail::toml_quote(def[i]);
-  return {std::move(name), TLOOP_TYPE_STRING_LIST, lit + "]", std::move(doc), {}, {}, {}};
+  return {std::move(name), TLOOP_TYPE_STRING_LIST, detail::list_literal(def, detail::toml_quote), std::move(doc),
+          {}, {}, {}};
 }
 inline OptionSpec option(std::string name, std::vector<int64_t> def, std::string doc) {
-  std::string lit = "[";
-  for (size_t i = 0; i < def.size(); ++i) lit += (i ? ", " : "") + std::to_string(def[i]);
-  return {std::move(name), TLOOP_TYPE_INT_LIST, lit + "]", std::move(doc), {}, {}, {}};
+  return {std::move(name), TLOOP_TYPE_INT_LIST,
+          detail::list_literal(def, [](int64_t v) { return std::to_string(v); }), std::move(doc), {}, {}, {}};
 }
 /// An option the spec must give.
 inline OptionSpec required(std::string name, tloop_value_type type, std::string doc) {
@@ -169,29 +176,25 @@ class Options {
     return v;
   }
   std::vector<int64_t> get_int_list(const char* name) const {
-    std::vector<int64_t> out;
-    for (size_t i = 0;; ++i) {
-      int64_t v = 0;
-      tloop_status st = api_->option_int_list(options_, name, i, &v);
-      if (st == TLOOP_NOT_FOUND) break;
-      check(st, name);
-      out.push_back(v);
-    }
-    return out;
+    return get_list<int64_t, int64_t>(name, api_->option_int_list);
   }
   std::vector<std::string> get_string_list(const char* name) const {
-    std::vector<std::string> out;
-    for (size_t i = 0;; ++i) {
-      const char* v = nullptr;
-      tloop_status st = api_->option_string_list(options_, name, i, &v);
-      if (st == TLOOP_NOT_FOUND) break;
-      check(st, name);
-      out.emplace_back(v);
-    }
-    return out;
+    return get_list<std::string, const char*>(name, api_->option_string_list);
   }
 
  private:
+  // Reads elements until the host says TLOOP_NOT_FOUND.
+  template <class T, class Raw, class Get>
+  std::vector<T> get_list(const char* name, Get get) const {
+    std::vector<T> out;
+    for (size_t i = 0;; ++i) {
+      Raw v{};
+      const tloop_status st = get(options_, name, i, &v);
+      if (st == TLOOP_NOT_FOUND) return out;
+      check(st, name);
+      out.emplace_back(v);
+    }
+  }
   static void check(tloop_status st, const char* name) {
     if (st != TLOOP_OK) throw Error(std::string("option '") + name + "' is missing or has another type");
   }

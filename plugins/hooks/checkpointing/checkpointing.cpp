@@ -259,9 +259,10 @@ class Checkpointing : public tloop::Hook {
       if (step_of(name) >= 0) out.push_back(root_ / name);
     }
     std::vector<std::pair<int64_t, fs::path>> all;
-    for (const auto& entry : fs::directory_iterator(root_, ec))
-      if (entry.is_directory() && step_of(entry.path().filename().string()) >= 0)
-        all.emplace_back(step_of(entry.path().filename().string()), entry.path());
+    for (const auto& entry : fs::directory_iterator(root_, ec)) {
+      const int64_t step = step_of(entry.path().filename().string());
+      if (entry.is_directory() && step >= 0) all.emplace_back(step, entry.path());
+    }
     std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
     for (const auto& [step, path] : all)
       if (std::find(out.begin(), out.end(), path) == out.end()) out.push_back(path);
@@ -345,13 +346,15 @@ class Checkpointing : public tloop::Hook {
     api->state_free(state);
     // model.pt lists tensors in the model's own order (parameters, then
     // buffers), like a Python state_dict, not in key order.
-    std::vector<std::string> order;
-    auto note = [](void* user, const char* name, tloop_tensor) { static_cast<std::vector<std::string>*>(user)->push_back(name); };
-    api->visit_parameters(ctx.host(), note, &order);
-    api->visit_buffers(ctx.host(), note, &order);
-    std::stable_sort(snap.model.begin(), snap.model.end(), [&](const auto& a, const auto& b) {
-      return std::find(order.begin(), order.end(), a.first) < std::find(order.begin(), order.end(), b.first);
-    });
+    std::map<std::string, size_t> position;
+    auto note = [](void* user, const char* name, tloop_tensor) {
+      auto& pos = *static_cast<std::map<std::string, size_t>*>(user);
+      pos.emplace(name, pos.size());
+    };
+    api->visit_parameters(ctx.host(), note, &position);
+    api->visit_buffers(ctx.host(), note, &position);
+    std::stable_sort(snap.model.begin(), snap.model.end(),
+                     [&](const auto& a, const auto& b) { return position[a.first] < position[b.first]; });
     return snap;
   }
 
@@ -423,8 +426,9 @@ class Checkpointing : public tloop::Hook {
     std::error_code ec;
     for (const auto& entry : fs::directory_iterator(root_, ec)) {
       const std::string name = entry.path().filename().string();
-      if (entry.is_directory() && name != newest && std::regex_match(name, std::regex("[0-9]+")))
-        regular.emplace_back(step_of(name), entry.path());
+      const int64_t step = step_of(name);
+      const bool kept = name != std::to_string(step);  // "<step>_keep"
+      if (entry.is_directory() && name != newest && step >= 0 && !kept) regular.emplace_back(step, entry.path());
     }
     std::sort(regular.begin(), regular.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
     for (size_t i = static_cast<size_t>(keep_previous_); i < regular.size(); ++i) {
