@@ -472,6 +472,13 @@ void HookInstance::before_optimizer_step() {
 }
 void HookInstance::after_step() { call("after_step", TLOOP_VT(vt_, tloop_hook_vtable, after_step)); }
 void HookInstance::after_train() { call("after_train", TLOOP_VT(vt_, tloop_hook_vtable, after_train)); }
+void HookInstance::finish(int exit_code) noexcept {
+  try {
+    call("finish", TLOOP_VT(vt_, tloop_hook_vtable, finish), static_cast<int32_t>(exit_code));
+  } catch (const std::exception& e) {
+    log::error(e.what());
+  }
+}
 void HookInstance::on_log(const tloop_metric* metrics, size_t count) {
   call("on_log", TLOOP_VT(vt_, tloop_hook_vtable, on_log), metrics, count);
 }

@@ -161,6 +161,8 @@ class HookInstance : public PluginInstance {
   void before_optimizer_step();
   void after_step();
   void after_train();
+  /// Never throws: a failure is logged, the run's outcome stays as it was.
+  void finish(int exit_code) noexcept;
   void on_log(const tloop_metric* metrics, size_t count);
   void on_log_images(const tloop_image* images, size_t count);
   void state_dict(StateDict& out, const std::string& prefix);

@@ -80,6 +80,17 @@ void Trainer::for_each_hook(void (HookInstance::*event)()) {
 }
 
 void Trainer::train() {
+  try {
+    run_steps();
+  } catch (...) {
+    const int code = exit_code_of(std::current_exception());
+    for (auto& hook : hooks_) hook->finish(code);
+    throw;
+  }
+  for (auto& hook : hooks_) hook->finish(0);
+}
+
+void Trainer::run_steps() {
   for_each_hook(&HookInstance::resume);  // a checkpointing hook may restore the step here
   // The learning rate of the next step is a function of the steps done,
   // which also makes a resumed run pick up exactly where it stopped.

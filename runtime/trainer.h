@@ -39,7 +39,9 @@ class Trainer {
   Trainer(TrainerConfig config, Host& host, TaskInstance& task, std::vector<std::unique_ptr<HookInstance>>& hooks,
           Optimizer& optimizer);
 
-  /// Runs from host.step() to max_steps: before_train, the steps, after_train.
+  /// Runs from host.step() to max_steps: resume, before_train, the steps,
+  /// after_train; then finish with the run's exit code, also when a signal,
+  /// an exit request or an error ends it early (rethrown after finish).
   void train();
 
   /// Last loss and the last value of every record, for the final summary.
@@ -48,6 +50,7 @@ class Trainer {
   GradScaler* scaler() { return scaler_.get(); }
 
  private:
+  void run_steps();
   void run_step();
   /// Micro-steps until `gradient_accumulation_steps` real backwards happened.
   void accumulate();

@@ -55,15 +55,22 @@ TEST_CASE("a training failure exits 1 and a signal exits 128+N") {
   // The log file in the workspace has the error too.
   CHECK(test::read_file(dir / "ws" / "logs" / "tloop.log").find("scripted failure in forward") != std::string::npos);
 
-  // A long run sent SIGTERM stops at the next step boundary with 128+15.
-  test::write_file(dir / "long.toml", "[run]\nworkspace = \"" + (dir / "ws2").string() +
-                                          "\"\n[trainer]\nmax_steps = 100000000\n[task]\nplugin = \"regression_mlp\"\n");
+  // A long run sent SIGTERM stops at the next step boundary with 128+15,
+  // and its hooks get finish with that code.
+  const std::string events = (dir / "events.txt").string();
+  test::write_file(dir / "long.toml", plugins + "[run]\nworkspace = \"" + (dir / "ws2").string() +
+                                          "\"\n[trainer]\nmax_steps = 100000000\n[task]\nplugin = \"regression_mlp\"\n"
+                                          "[[hooks]]\nplugin = \"event_recorder\"\nfile = \"" + events + "\"\n");
   auto s = test::run_command("( " + test::cli() + " run " + (dir / "long.toml").string() +
                              " & pid=$!; while [ ! -f " + (dir / "ws2" / "spec.resolved.toml").string() +
                              " ]; do sleep 0.1; done; sleep 0.5; kill -TERM $pid; wait $pid )");
   INFO(s.output);
   CHECK(s.exit_code == 128 + 15);
   CHECK(s.output.find("interrupted by signal 15") != std::string::npos);
+  const auto lines = test::read_lines(events);
+  REQUIRE_FALSE(lines.empty());
+  CHECK(lines.back().find("hook finish ") == 0);
+  CHECK(lines.back().substr(lines.back().rfind(' ')) == " 143");
 }
 
 TEST_CASE("the default spec reaches 95% holdout accuracy" * doctest::test_suite("slow")) {

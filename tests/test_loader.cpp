@@ -93,17 +93,31 @@ TEST_CASE("a refused library on the plugin path stops a run with exit code 2") {
   CHECK_FALSE(std::filesystem::exists(dir / "ws"));
 }
 
-TEST_CASE("a plugin built against the frozen v1.0 header loads and works in the current host") {
+TEST_CASE("plugins built against the frozen v1.0 and v1.1 headers load and work in the current host") {
   TempDir dir;
-  const std::string events = (dir / "events.txt").string();
+  const std::string v10 = (dir / "v1_0.txt").string(), v11 = (dir / "v1_1.txt").string();
   auto run = test::train(dir, std::string("[plugins]\npaths = [\"") + TLOOP_TEST_PLUGIN_DIR +
                                   "\"]\n[trainer]\nmax_steps = 2\n[task]\nplugin = \"regression_mlp\"\n"
                                   "[[hooks]]\nplugin = \"logging\"\ninterval = 1\n"
-                                  "[[hooks]]\nplugin = \"frozen_v1_0_hook\"\nfile = \"" + events + "\"\n");
-  INFO(test::read_file(events));
-  CHECK(test::read_lines(events) ==
-        std::vector<std::string>{"before_train 0", "before_step 1", "before_optimizer_step 1 loss", "on_log 1 loss",
-                                 "after_step 1 loss", "before_step 2", "before_optimizer_step 2 loss",
-                                 "on_log 2 loss", "after_step 2 loss", "after_train 2 loss"});
+                                  "[[hooks]]\nplugin = \"frozen_v1_0_hook\"\nfile = \"" + v10 + "\"\n"
+                                  "[[hooks]]\nplugin = \"frozen_v1_1_hook\"\nfile = \"" + v11 + "\"\n");
+  const std::vector<std::string> events = {"before_train 0",
+                                           "before_step 1",
+                                           "before_optimizer_step 1 loss",
+                                           "on_log 1 loss",
+                                           "after_step 1 loss",
+                                           "before_step 2",
+                                           "before_optimizer_step 2 loss",
+                                           "on_log 2 loss",
+                                           "after_step 2 loss",
+                                           "after_train 2 loss"};
+  INFO(test::read_file(v10));
+  CHECK(test::read_lines(v10) == events);
+  // 1.1 added the resume event, before any before_train.
+  std::vector<std::string> with_resume = {"resume 0"};
+  with_resume.insert(with_resume.end(), events.begin(), events.end());
+  INFO(test::read_file(v11));
+  CHECK(test::read_lines(v11) == with_resume);
   CHECK(std::get<int64_t>(run->plugin_state().at("hooks/frozen_v1_0_hook/events")) == 1);
+  CHECK(std::get<int64_t>(run->plugin_state().at("hooks/frozen_v1_1_hook/events")) == 1);
 }

@@ -109,7 +109,18 @@ TEST_CASE("events of a step reach two hooks in spec order") {
       for (const char* hook : {"A", "B"}) expected.push_back(std::string(hook) + " " + event + " " + std::to_string(step));
   expected.push_back("A after_train 2");
   expected.push_back("B after_train 2");
+  expected.push_back("A finish 2 0");
+  expected.push_back("B finish 2 0");
   CHECK(test::read_lines(events) == expected);
+}
+
+TEST_CASE("every hook gets finish with exit code 1 when an error stops training, and the error still propagates") {
+  TempDir dir;
+  const std::string events = (dir / "events.txt").string();
+  CHECK_THROWS_WITH_AS(test::train(dir, scripted_spec("fail_in = \"forward\"", "") +
+                                            "[[hooks]]\nplugin = \"event_recorder\"\nfile = \"" + events + "\"\n"),
+                       "task (scripted_task) failed in forward: scripted failure in forward", tloop::PluginError);
+  CHECK(test::read_lines(events) == std::vector<std::string>{"hook before_train 0", "hook before_step 1", "hook finish 1 1"});
 }
 
 TEST_CASE("the learning rate follows warm-up then cosine, and step_info holds the rate each step used") {

@@ -18,7 +18,6 @@
 namespace {
 
 constexpr int kBadInput = 2;
-constexpr int kTrainingFailed = 1;
 
 std::string type_name(tloop_value_type t) {
   switch (t) {
@@ -172,7 +171,7 @@ int main(int argc, char** argv) {
     code = 128 + e.signal();
   } catch (const std::exception& e) {
     tloop::log::error(std::string("training failed: ") + e.what());
-    code = kTrainingFailed;
+    code = tloop::kExitTrainingFailed;
   }
   tloop::log::flush();
   return code;

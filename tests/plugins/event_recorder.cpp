@@ -52,6 +52,7 @@ class EventRecorder : public tloop::Hook {
     out_.flush();
   }
   void after_train(tloop::Context& c) override { write(c, "after_train"); }
+  void finish(tloop::Context& c, int exit_code) override { write(c, "finish", " " + std::to_string(exit_code)); }
   void on_log(tloop::Context& c, const tloop::Metrics& m) override {
     write(c, "on_log", m.empty() ? "" : " " + m.front().first);
   }

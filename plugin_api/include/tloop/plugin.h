@@ -48,7 +48,7 @@ extern "C" {
 #endif
 
 #define TLOOP_ABI_VERSION_MAJOR 1
-#define TLOOP_ABI_VERSION_MINOR 1
+#define TLOOP_ABI_VERSION_MINOR 2
 
 /* The one symbol every plugin library exports. */
 #define TLOOP_ENTRY_SYMBOL "tloop_plugin_entry"
@@ -281,7 +281,8 @@ typedef struct tloop_context {
 
 /*
  * Events, in order: resume (since 1.1); before_train; per step: before_step,
- * before_optimizer_step, after_step; after_train. on_log / on_log_images whenever anything logs.
+ * before_optimizer_step, after_step; after_train; finish (since 1.2).
+ * on_log / on_log_images whenever anything logs.
  * Hooks are called in the order the spec lists them. Any member may be NULL.
  */
 typedef struct tloop_hook_vtable {
@@ -302,6 +303,13 @@ typedef struct tloop_hook_vtable {
    * hook that restores a previous run (checkpointing) does it here, so that
    * every before_train already sees the restored step. */
   tloop_status (*resume)(void* self, const tloop_context* ctx);
+  /* since 1.2: called once for every hook when training ends, whichever way
+   * it ends, with the exit code the process is about to return: 0 after
+   * after_train; 128+N when signal N stopped the run; the code a hook passed
+   * to request_exit; 1 when an error stopped it. Not called when the run fails
+   * before training begins (the resume event). The place to close files and
+   * sessions. A failure here is logged and does not change the run's outcome. */
+  tloop_status (*finish)(void* self, const tloop_context* ctx, int32_t exit_code);
 } tloop_hook_vtable;
 
 /* ---------------------------------------------------------------- tasks */

@@ -327,6 +327,9 @@ class Hook {
   virtual ~Hook() = default;
   /// Before any before_train: restore a previous run here (checkpointing).
   virtual void resume(Context&) {}
+  /// Since ABI 1.2: once, however training ended (0, 128+N after signal N, a
+  /// request_exit code, 1 after an error). Close files and sessions here.
+  virtual void finish(Context&, int /*exit_code*/) {}
   virtual void before_train(Context&) {}
   virtual void before_step(Context&) {}
   virtual void before_optimizer_step(Context&) {}
@@ -419,6 +422,12 @@ struct HookAdapter {
       static_cast<T*>(self)->on_log_images(ctx, images);
     });
   }
+  static tloop_status finish(void* self, const tloop_context* c, int32_t exit_code) noexcept {
+    return guarded(c, [&] {
+      Context ctx(c);
+      static_cast<T*>(self)->finish(ctx, static_cast<int>(exit_code));
+    });
+  }
   static const tloop_hook_vtable* vtable() {
     static const tloop_hook_vtable vt = {
         sizeof(tloop_hook_vtable),
@@ -434,6 +443,7 @@ struct HookAdapter {
         &detail::state_dict<T>,
         &detail::load_state_dict<T>,
         &hook_event<T, &Hook::resume>,
+        &finish,
     };
     return &vt;
   }

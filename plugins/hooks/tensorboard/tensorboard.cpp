@@ -2,7 +2,7 @@
 // scalars for every log key, images for log_images, the resolved run spec as
 // text, and the spec's flat values as hparams (session start and end with its
 // status). Rank 0 only; flushed every `flush_interval` steps or `flush_secs`
-// seconds, at the end, and when the run stops on a signal.
+// seconds, and at finish (also when a signal or an error ends the run).
 #include "../common/image_encode.h"
 #include "event_file.h"
 #include "proto.h"
@@ -92,16 +92,6 @@ class TensorBoard : public tloop::Hook {
     dir_ = !dir.empty() && dir[0] == '/' ? dir : ctx.workspace() + "/" + dir;
   }
 
-  ~TensorBoard() override {
-    // A run stopped by a signal or an error ends here: close the session as failed.
-    if (file_ && !finished_) {
-      try {
-        session_end(field::kStatusFailure);
-      } catch (...) {
-      }
-    }
-  }
-
   void before_train(tloop::Context& ctx) override {
     if (ctx.rank() != 0) return;
     file_ = std::make_unique<tb::EventFile>(dir_);
@@ -154,9 +144,10 @@ class TensorBoard : public tloop::Hook {
     if (ctx.step() % flush_interval_ == 0 || now() - last_flush_ >= flush_secs_) flush();
   }
 
-  void after_train(tloop::Context&) override {
+  // However the run ended: a signal or an error closes the session as failed.
+  void finish(tloop::Context&, int exit_code) override {
     if (!file_) return;
-    session_end(field::kStatusSuccess);
+    session_end(exit_code == 0 ? field::kStatusSuccess : field::kStatusFailure);
   }
 
  private:
@@ -176,7 +167,6 @@ class TensorBoard : public tloop::Hook {
                           .message(field::kValueMetadata, plugin_metadata("hparams", plugin_data.str())));
   }
   void session_end(int status) {
-    finished_ = true;
     tb::Message end;
     end.varint(field::kEndStatus, static_cast<uint64_t>(status)).double_(field::kEndTime, now());
     hparams("_hparams_/session_end_info",
@@ -194,7 +184,6 @@ class TensorBoard : public tloop::Hook {
   std::string dir_;
   std::unique_ptr<tb::EventFile> file_;
   double last_flush_ = 0;
-  bool finished_ = false;
 };
 
 }  // namespace

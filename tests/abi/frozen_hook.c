@@ -1,5 +1,6 @@
-/* A hook compiled against the frozen ABI 1.0 header (tests/abi/v1.0), not the
- * current one: the current host must load it and drive every 1.0 event.
+/* A hook compiled against a frozen, released ABI header (tests/abi/v1.N), not
+ * the current one: the current host must load it and drive every event of
+ * that version. Built once per frozen minor, named frozen_v1_<N>_hook.
  * Writes one line per event to the file named by its `file` option. */
 #include <tloop/plugin.h>
 
@@ -7,8 +8,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if TLOOP_ABI_VERSION_MAJOR != 1 || TLOOP_ABI_VERSION_MINOR != 0
-#error "this plugin must be built against the frozen 1.0 header"
+#if TLOOP_ABI_VERSION_MAJOR != 1 || TLOOP_ABI_VERSION_MINOR > 1
+#error "this plugin must be built against a frozen 1.0 or 1.1 header"
+#endif
+#if TLOOP_ABI_VERSION_MINOR == 0
+#define FROZEN_NAME "frozen_v1_0_hook"
+#else
+#define FROZEN_NAME "frozen_v1_1_hook"
 #endif
 
 typedef struct recorder {
@@ -55,6 +61,9 @@ static tloop_status before_optimizer_step(void* s, const tloop_context* c) {
 }
 static tloop_status after_step(void* s, const tloop_context* c) { return event(s, c, "after_step"); }
 static tloop_status after_train(void* s, const tloop_context* c) { return event(s, c, "after_train"); }
+#if TLOOP_ABI_VERSION_MINOR >= 1
+static tloop_status resume(void* s, const tloop_context* c) { return event(s, c, "resume"); }
+#endif
 static tloop_status on_log(void* s, const tloop_context* c, const tloop_metric* m, size_t n) {
   (void)m;
   (void)n;
@@ -72,10 +81,13 @@ static const tloop_option_desc options[] = {
 static const tloop_hook_vtable vtable = {
     sizeof(tloop_hook_vtable), create,     destroy,     before_train, before_step, before_optimizer_step,
     after_step,                after_train, on_log,      NULL,         state_dict,  NULL,
+#if TLOOP_ABI_VERSION_MINOR >= 1
+    resume,
+#endif
 };
 
 static const tloop_plugin_descriptor descriptor = {
-    sizeof(tloop_plugin_descriptor), "frozen_v1_0_hook", TLOOP_KIND_HOOK, "1.0.0", "built against ABI 1.0",
+    sizeof(tloop_plugin_descriptor), FROZEN_NAME, TLOOP_KIND_HOOK, "1.0.0", "built against a frozen ABI header",
     options, 1, &vtable, NULL,
 };
 static const tloop_plugin_descriptor* const plugins[] = {&descriptor};
