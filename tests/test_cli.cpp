@@ -73,7 +73,8 @@ TEST_CASE("a training failure exits 1 and a signal exits 128+N") {
   CHECK(lines.back().substr(lines.back().rfind(' ')) == " 143");
 }
 
-TEST_CASE("the default spec reaches 95% holdout accuracy" * doctest::test_suite("slow")) {
+TEST_CASE("the default spec reaches 95% holdout accuracy and writes TensorBoard and W&B runs" *
+          doctest::test_suite("slow")) {
   TempDir dir;
   auto r = test::run_command(test::cli() + " run " + TLOOP_SOURCE_DIR + "/configs/default.toml --set run.workspace=\"" +
                              (dir / "ws").string() + "\"");
@@ -82,4 +83,15 @@ TEST_CASE("the default spec reaches 95% holdout accuracy" * doctest::test_suite(
   std::smatch m;
   REQUIRE(std::regex_search(r.output, m, std::regex(R"(finished 'digits': 600/600 steps .* holdout_accuracy ([0-9.]+))")));
   CHECK(std::stod(m[1].str()) >= 0.95);
+  // Both trackers are on in the default spec (their contents: tests/python).
+  const auto ws = dir / "ws";
+  const auto has_file = [](const std::filesystem::path& d, const std::regex& name) {
+    if (!std::filesystem::is_directory(d)) return false;
+    for (const auto& e : std::filesystem::directory_iterator(d))
+      if (std::regex_match(e.path().filename().string(), name)) return true;
+    return false;
+  };
+  CHECK(has_file(ws / "tb", std::regex(R"(events\.out\.tfevents\..*)")));
+  const std::string id = test::read_file(ws / "wandb_run_id");
+  CHECK(has_file(ws / "wandb" / "latest-run", std::regex("run-" + id + "\\.wandb")));
 }

@@ -1,6 +1,7 @@
 #include "event_file.h"
 
-#include "proto.h"
+#include "../common/protobuf.h"
+#include "../common/write_all.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -53,7 +54,7 @@ EventFile::EventFile(const std::string& dir) {
   fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (fd_ < 0) throw std::runtime_error(path_ + ": cannot create: " + std::strerror(errno));
   const double wall = std::chrono::duration<double>(now).count();
-  write(Message().double_(1, wall).bytes(3, "brain.Event:2").str());
+  write(hooks::pb::Message().double_(1, wall).bytes(3, "brain.Event:2").str());
   flush();
 }
 
@@ -74,19 +75,6 @@ void EventFile::write(const std::string& event) {
   put32(buffer_, masked_crc(event.data(), event.size()));
 }
 
-void EventFile::flush() {
-  const char* data = buffer_.data();
-  size_t left = buffer_.size();
-  while (left > 0) {
-    const ssize_t n = ::write(fd_, data, left);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      throw std::runtime_error(path_ + ": write failed: " + std::strerror(errno));
-    }
-    data += n;
-    left -= static_cast<size_t>(n);
-  }
-  buffer_.clear();
-}
+void EventFile::flush() { hooks::write_all(fd_, buffer_, path_); }
 
 }  // namespace tb

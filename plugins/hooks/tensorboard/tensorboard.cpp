@@ -5,7 +5,7 @@
 // seconds, and at finish (also when a signal or an error ends the run).
 #include "../common/image_encode.h"
 #include "event_file.h"
-#include "proto.h"
+#include "../common/protobuf.h"
 
 #include <tloop/sdk.hpp>
 
@@ -16,6 +16,8 @@
 #include <sstream>
 
 namespace {
+
+namespace pb = hooks::pb;
 
 double now() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
@@ -38,16 +40,16 @@ constexpr int kValueNumber = 2, kValueString = 3, kValueBool = 4;  // google.pro
 constexpr int kStatusSuccess = 1, kStatusFailure = 2;
 }  // namespace field
 
-tb::Message plugin_metadata(const std::string& plugin, const std::string& content = "") {
-  return tb::Message().message(field::kMetadataPluginData,
-                               tb::Message().bytes(field::kPluginName, plugin).bytes(field::kPluginContent, content));
+pb::Message plugin_metadata(const std::string& plugin, const std::string& content = "") {
+  return pb::Message().message(field::kMetadataPluginData,
+                               pb::Message().bytes(field::kPluginName, plugin).bytes(field::kPluginContent, content));
 }
 
 // The spec's scalars by dotted path ("trainer.max_steps", "hooks.0.plugin").
-void flatten(const toml::node& node, const std::string& prefix, tb::Message& hparams) {
-  auto add = [&](const tb::Message& value) {
+void flatten(const toml::node& node, const std::string& prefix, pb::Message& hparams) {
+  auto add = [&](const pb::Message& value) {
     hparams.message(field::kStartHparams,
-                    tb::Message().bytes(field::kMapKey, prefix).message(field::kMapValue, value));
+                    pb::Message().bytes(field::kMapKey, prefix).message(field::kMapValue, value));
   };
   if (const toml::table* t = node.as_table()) {
     for (auto&& [k, v] : *t) flatten(v, prefix.empty() ? std::string(k.str()) : prefix + "." + std::string(k.str()), hparams);
@@ -57,16 +59,16 @@ void flatten(const toml::node& node, const std::string& prefix, tb::Message& hpa
     } else {
       std::ostringstream os;
       os << toml::toml_formatter{*a};
-      add(tb::Message().bytes(field::kValueString, os.str()));
+      add(pb::Message().bytes(field::kValueString, os.str()));
     }
   } else if (node.is_boolean()) {
-    add(tb::Message().varint(field::kValueBool, node.as_boolean()->get() ? 1 : 0));
+    add(pb::Message().varint(field::kValueBool, node.as_boolean()->get() ? 1 : 0));
   } else if (node.is_integer()) {
-    add(tb::Message().double_(field::kValueNumber, static_cast<double>(node.as_integer()->get())));
+    add(pb::Message().double_(field::kValueNumber, static_cast<double>(node.as_integer()->get())));
   } else if (node.is_floating_point()) {
-    add(tb::Message().double_(field::kValueNumber, node.as_floating_point()->get()));
+    add(pb::Message().double_(field::kValueNumber, node.as_floating_point()->get()));
   } else if (node.is_string()) {
-    add(tb::Message().bytes(field::kValueString, node.as_string()->get()));
+    add(pb::Message().bytes(field::kValueString, node.as_string()->get()));
   }
 }
 
@@ -97,14 +99,14 @@ class TensorBoard : public tloop::Hook {
     file_ = std::make_unique<tb::EventFile>(dir_);
     ctx.info("tensorboard: writing " + file_->path() + " (tensorboard --logdir " + dir_ + ")");
     const std::string spec = ctx.resolved_spec();
-    tb::Message tensor;
-    tensor.varint(field::kTensorDtype, field::kDtString).message(field::kTensorShape, tb::Message());
+    pb::Message tensor;
+    tensor.varint(field::kTensorDtype, field::kDtString).message(field::kTensorShape, pb::Message());
     tensor.bytes(field::kTensorStringVal, "```toml\n" + spec + "```");  // the text plugin renders markdown
-    write_value(ctx.step(), tb::Message()
+    write_value(ctx.step(), pb::Message()
                                 .bytes(field::kValueTag, "run_spec/text_summary")
                                 .message(field::kValueMetadata, plugin_metadata("text"))
                                 .message(field::kValueTensor, tensor));
-    tb::Message start;
+    pb::Message start;
     try {
       flatten(toml::parse(spec), "", start);
     } catch (const toml::parse_error& e) {
@@ -112,29 +114,29 @@ class TensorBoard : public tloop::Hook {
     }
     start.double_(field::kStartTime, now());
     hparams("_hparams_/session_start_info",
-            tb::Message().varint(field::kHparamsVersion, 0).message(field::kHparamsSessionStart, start), ctx.step());
+            pb::Message().varint(field::kHparamsVersion, 0).message(field::kHparamsSessionStart, start), ctx.step());
     flush();
   }
 
   void on_log(tloop::Context& ctx, const tloop::Metrics& metrics) override {
     if (!file_) return;
-    tb::Message summary;
+    pb::Message summary;
     for (const auto& [key, value] : metrics)
       summary.message(field::kSummaryValue,
-                      tb::Message().bytes(field::kValueTag, key).float_(field::kValueSimple, static_cast<float>(value)));
+                      pb::Message().bytes(field::kValueTag, key).float_(field::kValueSimple, static_cast<float>(value)));
     write_summary(ctx.step(), summary);
   }
 
   void on_log_images(tloop::Context& ctx, const std::vector<tloop::ImageView>& images) override {
     if (!file_) return;
-    tb::Message summary;
+    pb::Message summary;
     for (const auto& im : images) {
-      tb::Message image;
+      pb::Message image;
       image.varint(field::kImageHeight, static_cast<uint64_t>(im.height))
           .varint(field::kImageWidth, static_cast<uint64_t>(im.width))
           .varint(field::kImageColorspace, static_cast<uint64_t>(image_format_ == "jpg" && im.channels == 4 ? 3 : im.channels))
           .bytes(field::kImageEncoded, hooks::encode_image(im, image_format_));
-      summary.message(field::kSummaryValue, tb::Message().bytes(field::kValueTag, im.key).message(field::kValueImage, image));
+      summary.message(field::kSummaryValue, pb::Message().bytes(field::kValueTag, im.key).message(field::kValueImage, image));
     }
     write_summary(ctx.step(), summary);
   }
@@ -151,26 +153,26 @@ class TensorBoard : public tloop::Hook {
   }
 
  private:
-  void write_summary(int64_t step, const tb::Message& summary) {
-    file_->write(tb::Message()
+  void write_summary(int64_t step, const pb::Message& summary) {
+    file_->write(pb::Message()
                      .double_(field::kEventWallTime, now())
                      .int64(field::kEventStep, step)
                      .message(field::kEventSummary, summary)
                      .str());
   }
-  void write_value(int64_t step, const tb::Message& value) {
-    write_summary(step, tb::Message().message(field::kSummaryValue, value));
+  void write_value(int64_t step, const pb::Message& value) {
+    write_summary(step, pb::Message().message(field::kSummaryValue, value));
   }
-  void hparams(const std::string& tag, const tb::Message& plugin_data, int64_t step) {
-    write_value(step, tb::Message()
+  void hparams(const std::string& tag, const pb::Message& plugin_data, int64_t step) {
+    write_value(step, pb::Message()
                           .bytes(field::kValueTag, tag)
                           .message(field::kValueMetadata, plugin_metadata("hparams", plugin_data.str())));
   }
   void session_end(int status) {
-    tb::Message end;
+    pb::Message end;
     end.varint(field::kEndStatus, static_cast<uint64_t>(status)).double_(field::kEndTime, now());
     hparams("_hparams_/session_end_info",
-            tb::Message().varint(field::kHparamsVersion, 0).message(field::kHparamsSessionEnd, end), 0);
+            pb::Message().varint(field::kHparamsVersion, 0).message(field::kHparamsSessionEnd, end), 0);
     flush();
   }
   void flush() {

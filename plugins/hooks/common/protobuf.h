@@ -1,6 +1,6 @@
-// A minimal protocol-buffers encoder: enough to write TensorBoard's Event,
-// Summary and hparams messages with the field numbers of their public .proto
-// files. Hand-written rather than libprotobuf: libtorch_cpu.so exports its own
+// A minimal protocol-buffers encoder, shared by the TensorBoard and W&B hooks:
+// each writes its messages with the field numbers of the public .proto files.
+// Hand-written rather than libprotobuf: libtorch_cpu.so exports its own
 // google::protobuf symbols into the process, and a second libprotobuf loaded
 // beside it would have its symbols bound to torch's copy.
 #pragma once
@@ -9,7 +9,7 @@
 #include <cstring>
 #include <string>
 
-namespace tb {
+namespace hooks::pb {
 
 class Message {
  public:
@@ -54,4 +54,4 @@ class Message {
   std::string out_;
 };
 
-}  // namespace tb
+}  // namespace hooks::pb
