@@ -1,7 +1,9 @@
 """Shared fixtures: run the real tloop CLI and read what it wrote."""
+import json
 import os
 import pathlib
 import subprocess
+import time
 
 import pytest
 
@@ -27,3 +29,19 @@ def run_tloop(tmp_path):
         return workspace
 
     return run
+
+
+def start_until(spec, ready, timeout=60):
+    """Starts `tloop run spec` in the background; returns the process once
+    `ready()` holds (or after `timeout` seconds, for the test to fail on)."""
+    proc = subprocess.Popen([CLI, "run", str(spec)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while time.time() < deadline and not ready():
+        time.sleep(0.05)
+    return proc
+
+
+def logged_rows(workspace):
+    """The complete lines of metrics.jsonl (a killed run may leave half a line)."""
+    lines = (workspace / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.endswith("}")]

@@ -1,15 +1,12 @@
 """TensorBoard event files read back by TensorBoard's own EventAccumulator."""
 import json
-import os
 import signal
-import subprocess
-import time
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
-from conftest import CLI, TEST_PLUGINS
+from conftest import TEST_PLUGINS, logged_rows, start_until
 
 SPEC = """
 [trainer]
@@ -73,21 +70,16 @@ def _start_long_run(tmp_path):
     ws = tmp_path / "ws"
     spec = tmp_path / "long.toml"
     spec.write_text(f'[plugins]\npaths = ["{TEST_PLUGINS}"]\n[run]\nworkspace = "{ws}"\n' + SPEC.format(steps=100000000))
-    proc = subprocess.Popen([CLI, "run", str(spec)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline:  # wait until a few flushes happened
-        metrics = ws / "metrics.jsonl"
-        if metrics.exists() and len(metrics.read_text().splitlines()) >= 4:
-            break
-        time.sleep(0.05)
-    return proc, ws
+    metrics = ws / "metrics.jsonl"
+    # until a few flushes happened
+    return start_until(spec, lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 4), ws
 
 
 def test_a_killed_run_leaves_a_readable_file_up_to_its_last_flush(tmp_path):
     proc, ws = _start_long_run(tmp_path)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    logged = [json.loads(line)["step"] for line in (ws / "metrics.jsonl").read_text().splitlines() if line.endswith("}")]
+    logged = [row["step"] for row in logged_rows(ws)]
     ea = accumulate(ws)
     steps = [e.step for e in ea.Scalars("train/loss")]
     assert len(steps) >= 3
@@ -100,6 +92,6 @@ def test_a_signal_exit_flushes_and_closes_the_session_as_failed(tmp_path):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait() == 128 + signal.SIGTERM
     ea = accumulate(ws)
-    logged = [json.loads(line)["step"] for line in (ws / "metrics.jsonl").read_text().splitlines()]
+    logged = [row["step"] for row in logged_rows(ws)]
     assert [e.step for e in ea.Scalars("train/loss")] == logged  # nothing lost
     assert hparams(ea)["_hparams_/session_end_info"].session_end_info.status == api_pb2.STATUS_FAILURE

@@ -12,12 +12,11 @@ import sys
 import time
 import tomllib
 
-import pytest
 from PIL import Image
 from wandb.proto import wandb_internal_pb2
 from wandb.sdk.internal import datastore
 
-from conftest import CLI, TEST_PLUGINS
+from conftest import CLI, TEST_PLUGINS, logged_rows, start_until
 
 SPEC = """
 [run]
@@ -117,11 +116,6 @@ def history(records):
     return rows
 
 
-def metrics_rows(ws):
-    lines = (ws / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines if line.endswith("}")]
-
-
 def test_an_offline_run_holds_every_record_with_the_values_and_images_on_disk(tmp_path):
     spec, ws = write_spec(tmp_path)
     started = time.time()
@@ -156,7 +150,7 @@ def test_an_offline_run_holds_every_record_with_the_values_and_images_on_disk(tm
 
     # Every logged metric is in the history at its step, with the same value.
     rows = history(records)
-    logged = metrics_rows(ws)
+    logged = logged_rows(ws)
     assert [m["step"] for m in logged] == [5, 10, 15, 20]
     for m in logged:
         row = rows[m["step"]]
@@ -285,14 +279,12 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path):
 def _start_long_run(tmp_path):
     """Starts an endless run; returns once its .wandb file has more than one block flushed."""
     spec, ws = write_spec(tmp_path, steps=100000000)
-    proc = subprocess.Popen([CLI, "run", str(spec)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline:
+
+    def flushed_a_block():
         files = list((ws / "wandb").glob("offline-run-*/run-*.wandb")) if (ws / "wandb").exists() else []
-        if files and files[0].stat().st_size > 40000:
-            break
-        time.sleep(0.05)
-    return proc, ws
+        return bool(files) and files[0].stat().st_size > 40000
+
+    return start_until(spec, flushed_a_block), ws
 
 
 def test_a_killed_run_is_readable_up_to_its_last_flush(tmp_path):
@@ -304,7 +296,7 @@ def test_a_killed_run_is_readable_up_to_its_last_flush(tmp_path):
     records = read_records(run_dir)  # every record parses, across block boundaries
     assert "exit" not in [r.WhichOneof("record_type") for r in records]
     rows = history(records)
-    logged = [m["step"] for m in metrics_rows(ws)]
+    logged = [m["step"] for m in logged_rows(ws)]
     steps = [s for s in sorted(rows) if "train/loss" in rows[s]]
     assert len(steps) >= 30
     assert steps == logged[: len(steps)]  # everything up to the last flush, in order
@@ -319,4 +311,4 @@ def test_a_signal_exit_writes_the_exit_code_and_every_row(tmp_path):
     assert [r.WhichOneof("record_type") for r in records][-2:] == ["exit", "final"]
     assert of_type(records, "exit")[0].exit_code == 128 + signal.SIGTERM
     rows = history(records)
-    assert [s for s in sorted(rows) if "train/loss" in rows[s]] == [m["step"] for m in metrics_rows(ws)]
+    assert [s for s in sorted(rows) if "train/loss" in rows[s]] == [m["step"] for m in logged_rows(ws)]
