@@ -127,7 +127,8 @@ class Wandb : public tloop::Hook {
             "Weights & Biases offline run (wandb sync uploads it): metrics, images, the run spec as config",
             {
                 tloop::option("project", "tloop", "W&B project; WANDB_PROJECT overrides it"),
-                tloop::option("config", "", "JSON file with the run config; empty: the resolved run spec"),
+                tloop::option(
+                    "config", "", "JSON file with the run config (relative to the working directory); empty: the resolved run spec"),
                 tloop::option("tags", std::vector<std::string>{}, "run tags; WANDB_TAGS (comma-separated) adds to them"),
                 tloop::option("image_format", "png", "encoding of images: png or jpg").one_of({"png", "jpg"}),
                 tloop::option("mode", "offline", "offline: write the run; disabled: write nothing")
