@@ -3,6 +3,8 @@
 
 #include <stb_image_write.h>
 
+#include <algorithm>
+#include <cctype>
 #include <vector>
 
 namespace hooks {
@@ -36,6 +38,28 @@ std::string encode_image(const tloop::ImageView& im, const std::string& format, 
                                               im.width * out_channels);
   if (!ok || bytes.empty()) throw tloop::Error("cannot encode image '" + im.key + "' as " + format);
   return bytes;
+}
+
+bool image_key_path(const std::string& key, std::string& out) {
+  out.clear();
+  bool changed = false;
+  size_t start = 0;
+  for (;;) {
+    const size_t end = std::min(key.find('/', start), key.size());
+    std::string seg = key.substr(start, end - start);
+    if (seg.empty() || seg == "." || seg == "..") {
+      changed = true;
+    } else {
+      for (char& c : seg)
+        if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.' || c == '=' || c == '+')) {
+          c = '_';
+          changed = true;
+        }
+      out += (out.empty() ? "" : "/") + seg;
+    }
+    if (end == key.size()) return changed;
+    start = end + 1;
+  }
 }
 
 }  // namespace hooks

@@ -14,32 +14,6 @@
 namespace {
 namespace fs = std::filesystem;
 
-// A relative path made of safe segments, or "" when nothing safe is left.
-// Returns whether anything had to change: a leading '/' (absolute path), empty,
-// "." and ".." segments are dropped; characters other than [A-Za-z0-9_.=+-]
-// become '_'.
-bool sanitize(const std::string& key, std::string& out) {
-  out.clear();
-  bool changed = false;
-  size_t start = 0;
-  for (;;) {
-    const size_t end = std::min(key.find('/', start), key.size());
-    std::string seg = key.substr(start, end - start);
-    if (seg.empty() || seg == "." || seg == "..") {
-      changed = true;
-    } else {
-      for (char& c : seg)
-        if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.' || c == '=' || c == '+')) {
-          c = '_';
-          changed = true;
-        }
-      out += (out.empty() ? "" : "/") + seg;
-    }
-    if (end == key.size()) return changed;
-    start = end + 1;
-  }
-}
-
 class ImageFiles : public tloop::Hook {
  public:
   static tloop::PluginInfo info() {
@@ -62,7 +36,7 @@ class ImageFiles : public tloop::Hook {
     const fs::path step_dir = fs::path(ctx.workspace()) / dir_ / std::to_string(ctx.step());
     for (const auto& im : images) {
       std::string rel;
-      if (sanitize(im.key, rel) && warned_.insert(im.key).second)
+      if (hooks::image_key_path(im.key, rel) && warned_.insert(im.key).second)
         ctx.warn("image_files: key '" + im.key + "' is not a safe relative path; writing it as '" + rel + "'");
       if (rel.empty()) {
         ctx.warn("image_files: key '" + im.key + "' has no usable name; image skipped");

@@ -19,7 +19,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -111,14 +110,6 @@ json to_json(const toml::node& node) {
   return os.str();
 }
 
-// One path component of a media file name: the key's own characters where
-// they are safe in a file name.
-std::string file_component(const std::string& part) {
-  std::string out;
-  for (char c : part) out += (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.') ? c : '_';
-  return out.empty() || out == "." || out == ".." ? "_" : out;
-}
-
 class Wandb : public tloop::Hook {
  public:
   static tloop::PluginInfo info() {
@@ -150,9 +141,10 @@ class Wandb : public tloop::Hook {
         flush_interval_(o.get_int("flush_interval")),
         flush_secs_(o.get_double("flush_secs")),
         workspace_(ctx.workspace()) {
-    disabled_ = o.get_string("mode") == "disabled" || env("WANDB_MODE") == "disabled";
-    if (!env("WANDB_MODE").empty() && !disabled_ && env("WANDB_MODE") != "offline" && env("WANDB_MODE") != "dryrun")
-      ctx.warn("wandb: WANDB_MODE=" + env("WANDB_MODE") + ": tloop writes offline runs; upload them with wandb sync");
+    const std::string mode = env("WANDB_MODE");
+    disabled_ = o.get_string("mode") == "disabled" || mode == "disabled";
+    if (!mode.empty() && !disabled_ && mode != "offline" && mode != "dryrun")
+      ctx.warn("wandb: WANDB_MODE=" + mode + ": tloop writes offline runs; upload them with wandb sync");
     // trainloop: the spec's tags, then WANDB_TAGS, duplicates dropped, order kept.
     std::vector<std::string> tags = o.get_string_list("tags");
     std::stringstream env_tags(env("WANDB_TAGS"));
@@ -260,13 +252,11 @@ class Wandb : public tloop::Hook {
       const std::string bytes = hooks::encode_image(im, image_format_);
       const std::string sha = sha256_hex(bytes);
       // wandb's layout: media/images/<key>_<step>_<first 20 hex digits of the sha256>.<format>
-      fs::path rel = "media/images";
-      std::stringstream parts(im.key);
-      std::vector<std::string> components;
-      for (std::string p; std::getline(parts, p, '/');) components.push_back(file_component(p));
-      if (components.empty()) components.push_back("_");
-      for (size_t i = 0; i + 1 < components.size(); ++i) rel /= components[i];
-      rel /= components.back() + "_" + std::to_string(ctx.step()) + "_" + sha.substr(0, 20) + "." + image_format_;
+      std::string key_path;
+      hooks::image_key_path(im.key, key_path);
+      const fs::path rel = fs::path("media/images") / ((key_path.empty() ? "_" : key_path) + "_" +
+                                                        std::to_string(ctx.step()) + "_" + sha.substr(0, 20) + "." +
+                                                        image_format_);
       const fs::path file = dir_ / "files" / rel;
       fs::create_directories(file.parent_path());
       write_text(file, bytes);
