@@ -1,14 +1,19 @@
 #include "support.h"
 
 #include <ATen/core/Tensor.h>
+#include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <array>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
 #include <stdexcept>
 #include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
 
 namespace test {
 
@@ -58,6 +63,59 @@ CommandResult run_command(const std::string& command) {
 }
 
 std::string cli() { return TLOOP_CLI; }
+
+pid_t spawn(const fs::path& spec, const fs::path& log, const std::string& env) {
+  const std::string cmd =
+      "exec env OMP_NUM_THREADS=1 " + env + " " + cli() + " run " + spec.string() + " >> " + log.string() + " 2>&1";
+  const pid_t pid = fork();
+  if (pid < 0) throw std::runtime_error("fork failed");
+  if (pid == 0) {
+    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  return pid;
+}
+
+int wait_exit(pid_t pid) {
+  int status = 0;
+  if (waitpid(pid, &status, 0) != pid) throw std::runtime_error("waitpid failed");
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+namespace {
+// True once `pid` has exited; it stays a zombie (not reaped), so wait_exit
+// still gets its status and the pid cannot be reused meanwhile.
+bool has_exited(pid_t pid) {
+  siginfo_t info{};
+  return waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid == pid;
+}
+}  // namespace
+
+void wait_until(const std::function<bool()>& ready, const std::string& what, pid_t pid, double deadline_seconds) {
+  using Clock = std::chrono::steady_clock;
+  const auto deadline = Clock::now() + std::chrono::duration<double>(deadline_seconds);
+  for (;;) {
+    if (ready()) return;
+    if (pid > 0 && has_exited(pid)) {
+      if (ready()) return;  // the last thing it did may be what we waited for
+      throw std::runtime_error("the process exited before " + what);
+    }
+    if (Clock::now() > deadline)
+      throw std::runtime_error("no " + what + " after " + std::to_string(deadline_seconds) + " s");
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));  // a poll interval, not a wait for progress
+  }
+}
+
+int64_t last_logged_step(const fs::path& metrics) {
+  std::ifstream in(metrics);
+  int64_t last = 0;
+  for (std::string line; std::getline(in, line);) {
+    if (in.eof()) break;  // no newline yet: a line still being written
+    nlohmann::json row = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (!row.is_discarded() && row.contains("step")) last = std::max(last, row["step"].get<int64_t>());
+  }
+  return last;
+}
 
 std::unique_ptr<tloop::Run> train(const TempDir& dir, const std::string& spec,
                                   const std::vector<std::string>& overrides) {

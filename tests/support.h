@@ -4,7 +4,11 @@
 
 #include "run.h"
 
+#include <sys/types.h>
+
+#include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -40,6 +44,28 @@ CommandResult run_command(const std::string& command);
 
 /// The tloop CLI built with this test binary.
 std::string cli();
+
+/// Starts `tloop run spec` in the background (stdout and stderr appended to
+/// `log`, `env` as `NAME=value ...` in front); returns its pid. One intra-op
+/// thread: runs side by side under ctest -j do not fight over cores.
+pid_t spawn(const fs::path& spec, const fs::path& log, const std::string& env = "");
+
+/// Waits for a spawned process; its exit code, or 128+N when signal N killed it.
+int wait_exit(pid_t pid);
+
+/// How long a test waits for progress it expects before it fails. Generous:
+/// a slow or loaded machine must pass; only a hang should ever reach it.
+constexpr double kProgressDeadlineSeconds = 300;
+
+/// Polls `ready` until it holds. Throws, naming `what`, when the deadline
+/// passes or when `pid` (if given) exits first: a test waits for observed
+/// progress, never for a fixed time.
+void wait_until(const std::function<bool()>& ready, const std::string& what, pid_t pid = -1,
+                double deadline_seconds = kProgressDeadlineSeconds);
+
+/// The highest step of the complete lines of a metrics.jsonl (0 when none):
+/// what a running job has observably done.
+int64_t last_logged_step(const fs::path& metrics);
 
 /// Prepares and executes a run of `spec` (TOML text) written to `dir`/spec.toml;
 /// the workspace defaults to `dir`/ws.

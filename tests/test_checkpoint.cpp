@@ -20,14 +20,11 @@
 #undef CHECK_NOTHROW
 #include <doctest/doctest.h>
 
-#include <chrono>
+#include <algorithm>
 #include <csignal>
 #include <fstream>
 #include <map>
 #include <random>
-#include <sys/wait.h>
-#include <thread>
-#include <unistd.h>
 
 using test::TempDir;
 namespace fs = std::filesystem;
@@ -42,24 +39,8 @@ std::string regression_spec(const fs::path& ws, int steps, const std::string& ch
          "[[hooks]]\nplugin = \"checkpointing\"\n" + checkpointing + "\n";
 }
 
-// Starts `tloop run spec` in the background (output appended to `log`); returns
-// its pid. One intra-op thread: runs side by side under ctest -j do not fight.
-pid_t spawn(const fs::path& spec, const fs::path& log, const std::string& env = "") {
-  const std::string cmd = "exec env OMP_NUM_THREADS=1 " + env + " " + test::cli() + " run " + spec.string() + " >> " +
-                          log.string() + " 2>&1";
-  const pid_t pid = fork();
-  if (pid == 0) {
-    execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  return pid;
-}
-
-int wait_exit(pid_t pid) {
-  int status = 0;
-  waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-}
+using test::spawn;
+using test::wait_exit;
 
 // step -> every train/loss logged for it (a killed run logs some steps twice).
 std::map<int64_t, std::vector<double>> losses(const fs::path& metrics) {
@@ -100,39 +81,47 @@ int kills_wanted() {
 
 }  // namespace
 
-TEST_CASE("a run SIGKILLed at random moments resumes to bit-identical weights and losses") {
+TEST_CASE("a run SIGKILLed at random moments resumes to bit-identical weights and losses" *
+          doctest::test_suite("slow")) {
   TempDir dir;
-  const int steps = 4000;
+  // Each life is killed once it has logged a random 1..80 steps past the
+  // furthest step any life reached: kill moments follow observed progress, not
+  // the clock, so every life gets further on any machine. The run is long
+  // enough that a kill never comes after its end.
+  const int kills = kills_wanted();
+  const int64_t steps = 80 * int64_t{kills} + 400;
   const std::string ckpt = "interval = 40\nkeep_previous = 1\n";
-  test::write_file(dir / "ref.toml", regression_spec(dir / "ref", steps, ckpt));
-  test::write_file(dir / "faulty.toml", regression_spec(dir / "faulty", steps, ckpt));
+  test::write_file(dir / "ref.toml", regression_spec(dir / "ref", static_cast<int>(steps), ckpt));
+  test::write_file(dir / "faulty.toml", regression_spec(dir / "faulty", static_cast<int>(steps), ckpt));
   REQUIRE(wait_exit(spawn(dir / "ref.toml", dir / "ref.log")) == 0);
 
+  const fs::path metrics = dir / "faulty" / "metrics.jsonl";
   std::mt19937 rng(20261123);
-  std::uniform_real_distribution<double> delay(0.15, 0.7);
-  int kills = 0, lives = 0;
-  for (;;) {
-    ++lives;
+  std::uniform_int_distribution<int64_t> ahead(1, 80);
+  int64_t furthest = 0;
+  for (int life = 0; life < kills; ++life) {
+    const int64_t target = furthest + ahead(rng);
     const pid_t pid = spawn(dir / "faulty.toml", dir / "faulty.log");
-    if (kills < kills_wanted()) {
-      std::this_thread::sleep_for(std::chrono::duration<double>(delay(rng)));
-      if (waitpid(pid, nullptr, WNOHANG) == 0) {
-        kill(pid, SIGKILL);
-        CHECK(wait_exit(pid) == 128 + SIGKILL);
-        ++kills;
-        continue;
-      }
-      FAIL("the run finished before it could be killed ", kills_wanted(), " times");
-    }
+    test::wait_until([&] { return test::last_logged_step(metrics) >= target; },
+                     "step " + std::to_string(target) + " in " + metrics.string(), pid);
+    kill(pid, SIGKILL);
     INFO(test::read_file(dir / "faulty.log"));
-    REQUIRE(wait_exit(pid) == 0);
-    break;
+    REQUIRE(wait_exit(pid) == 128 + SIGKILL);
+    furthest = std::max(target, test::last_logged_step(metrics));
   }
-  MESSAGE(kills, " kills over ", lives, " lives");
-  CHECK(kills == kills_wanted());
+  INFO(test::read_file(dir / "faulty.log"));
+  REQUIRE(wait_exit(spawn(dir / "faulty.toml", dir / "faulty.log")) == 0);
+  // The kills must have hit a run with checkpoints to resume from, or nothing was tested.
+  const std::string log = test::read_file(dir / "faulty.log");
+  size_t resumes = 0;
+  for (size_t at = log.find("checkpointing: resumed from"); at != std::string::npos;
+       at = log.find("checkpointing: resumed from", at + 1))
+    ++resumes;
+  MESSAGE(kills, " kills, ", resumes, " resumes from a checkpoint");
+  CHECK(resumes >= static_cast<size_t>(kills) / 2);
 
   const auto reference = losses(dir / "ref" / "metrics.jsonl");
-  const auto faulty = losses(dir / "faulty" / "metrics.jsonl");
+  const auto faulty = losses(metrics);
   REQUIRE(reference.size() == static_cast<size_t>(steps));
   REQUIRE(faulty.size() == static_cast<size_t>(steps));
   size_t mismatches = 0;
@@ -146,7 +135,8 @@ TEST_CASE("a run SIGKILLed at random moments resumes to bit-identical weights an
                    dir / "faulty" / "checkpoints" / std::to_string(steps));
 }
 
-TEST_CASE("digits_cnn stopped by SIGTERM and resumed ends exactly like an uninterrupted run") {
+TEST_CASE("digits_cnn stopped by SIGTERM and resumed ends exactly like an uninterrupted run" *
+          doctest::test_suite("slow")) {
   TempDir dir;
   auto spec = [&](const std::string& name) {
     return "[run]\nworkspace = \"" + (dir / name).string() +
@@ -157,20 +147,21 @@ TEST_CASE("digits_cnn stopped by SIGTERM and resumed ends exactly like an uninte
   test::write_file(dir / "ref.toml", spec("ref"));
   test::write_file(dir / "stopped.toml", spec("stopped"));
   REQUIRE(wait_exit(spawn(dir / "ref.toml", dir / "ref.log")) == 0);
-  int stops = 0;
-  for (int life = 0; life < 3; ++life) {
+  // Two lives stopped once they have logged steps 100 and 200, a third to the end.
+  const fs::path metrics = dir / "stopped" / "metrics.jsonl";
+  for (int64_t target : {100, 200}) {
     const pid_t pid = spawn(dir / "stopped.toml", dir / "stopped.log");
-    std::this_thread::sleep_for(std::chrono::milliseconds(900));
+    test::wait_until([&] { return test::last_logged_step(metrics) >= target; },
+                     "step " + std::to_string(target) + " in " + metrics.string(), pid);
     kill(pid, SIGTERM);
-    const int code = wait_exit(pid);
-    if (code == 0) break;
-    REQUIRE(code == 128 + SIGTERM);
-    ++stops;
+    INFO(test::read_file(dir / "stopped.log"));
+    REQUIRE(wait_exit(pid) == 128 + SIGTERM);
+    CHECK(std::stoll(latest(dir / "stopped")) >= target);  // that step's checkpoint, saved on the signal
   }
+  REQUIRE(wait_exit(spawn(dir / "stopped.toml", dir / "stopped.log")) == 0);
   INFO(test::read_file(dir / "stopped.log"));
-  CHECK(stops >= 1);
   CHECK(test::read_file(dir / "stopped.log").find("checkpointing: resumed from") != std::string::npos);
-  if (latest(dir / "stopped") != "300") REQUIRE(wait_exit(spawn(dir / "stopped.toml", dir / "stopped.log")) == 0);
+  CHECK(latest(dir / "stopped") == "300");
   const auto reference = losses(dir / "ref" / "metrics.jsonl");
   for (const auto& [step, values] : losses(dir / "stopped" / "metrics.jsonl"))
     for (double v : values) CHECK(v == reference.at(step).front());
@@ -247,8 +238,7 @@ TEST_CASE("SIGTERM and SIGUSR1 in exit_signals save that step's checkpoint and e
     test::write_file(dir / "spec.toml",
                      regression_spec(ws, 100000000, "interval = 1000000\nexit_signals = [\"SIGTERM\", \"SIGUSR1\"]\n"));
     const pid_t pid = spawn(dir / "spec.toml", dir / "run.log");
-    while (!fs::exists(ws / "metrics.jsonl")) std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    test::wait_until([&] { return test::last_logged_step(ws / "metrics.jsonl") >= 1; }, "a step in metrics.jsonl", pid);
     kill(pid, sig);
     CHECK(wait_exit(pid) == 128 + sig);
     const std::string log = test::read_file(dir / "run.log");

@@ -3,6 +3,8 @@
 
 #include <doctest/doctest.h>
 
+#include <csignal>
+#include <filesystem>
 #include <regex>
 
 using test::TempDir;
@@ -61,12 +63,15 @@ TEST_CASE("a training failure exits 1 and a signal exits 128+N") {
   test::write_file(dir / "long.toml", plugins + "[run]\nworkspace = \"" + (dir / "ws2").string() +
                                           "\"\n[trainer]\nmax_steps = 100000000\n[task]\nplugin = \"regression_mlp\"\n"
                                           "[[hooks]]\nplugin = \"event_recorder\"\nfile = \"" + events + "\"\n");
-  auto s = test::run_command("( " + test::cli() + " run " + (dir / "long.toml").string() +
-                             " & pid=$!; while [ ! -f " + (dir / "ws2" / "spec.resolved.toml").string() +
-                             " ]; do sleep 0.1; done; sleep 0.5; kill -TERM $pid; wait $pid )");
-  INFO(s.output);
-  CHECK(s.exit_code == 128 + 15);
-  CHECK(s.output.find("interrupted by signal 15") != std::string::npos);
+  const pid_t pid = test::spawn(dir / "long.toml", dir / "long.log");
+  test::wait_until([&] { return std::filesystem::exists(events) &&
+                                test::read_file(events).find("hook after_step 1\n") != std::string::npos; },
+                   "a first step in " + events, pid);
+  kill(pid, SIGTERM);
+  CHECK(test::wait_exit(pid) == 128 + 15);
+  const std::string output = test::read_file(dir / "long.log");
+  INFO(output);
+  CHECK(output.find("interrupted by signal 15") != std::string::npos);
   const auto lines = test::read_lines(events);
   REQUIRE_FALSE(lines.empty());
   CHECK(lines.back().find("hook finish ") == 0);

@@ -31,13 +31,25 @@ def run_tloop(tmp_path):
     return run
 
 
-def start_until(spec, ready, timeout=60):
-    """Starts `tloop run spec` in the background; returns the process once
-    `ready()` holds (or after `timeout` seconds, for the test to fail on)."""
+# How long a test waits for progress it expects: generous, so that a slow or
+# loaded machine passes; only a hang should ever reach it.
+PROGRESS_DEADLINE_S = 300
+
+
+def start_until(spec, ready, what):
+    """Starts `tloop run spec` in the background and returns the process once
+    `ready()` holds: a test waits for observed progress, never a fixed time.
+    Fails, naming `what`, when the run exits first or the deadline passes."""
     proc = subprocess.Popen([CLI, "run", str(spec)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + timeout
-    while time.time() < deadline and not ready():
-        time.sleep(0.05)
+    deadline = time.monotonic() + PROGRESS_DEADLINE_S
+    while not ready():
+        if proc.poll() is not None and not ready():
+            pytest.fail(f"the run exited with {proc.returncode} before {what}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"no {what} after {PROGRESS_DEADLINE_S} s")
+        time.sleep(0.02)  # a poll interval, not a wait for progress
     return proc
 
 

@@ -276,15 +276,23 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path):
     assert not ws.exists()
 
 
+def _flushed_loss_rows(ws):
+    """How many history rows with train/loss the .wandb file holds so far; 0
+    until the file is past its first 32 KiB block (the reader must cross one)."""
+    files = list((ws / "wandb").glob("offline-run-*/run-*.wandb")) if (ws / "wandb").exists() else []
+    if not files or files[0].stat().st_size <= datastore.LEVELDBLOG_BLOCK_LEN:
+        return 0
+    try:
+        rows = history(read_records(files[0].parent))
+    except Exception:  # a flush in progress: the tail is not complete yet
+        return 0
+    return sum("train/loss" in row for row in rows.values())
+
+
 def _start_long_run(tmp_path):
-    """Starts an endless run; returns once its .wandb file has more than one block flushed."""
+    """Starts an endless run; returns once its .wandb file holds 30 loss rows past its first block."""
     spec, ws = write_spec(tmp_path, steps=100000000)
-
-    def flushed_a_block():
-        files = list((ws / "wandb").glob("offline-run-*/run-*.wandb")) if (ws / "wandb").exists() else []
-        return bool(files) and files[0].stat().st_size > 40000
-
-    return start_until(spec, flushed_a_block), ws
+    return start_until(spec, lambda: _flushed_loss_rows(ws) >= 30, "30 flushed rows past the first block"), ws
 
 
 def test_a_killed_run_is_readable_up_to_its_last_flush(tmp_path):
@@ -292,7 +300,8 @@ def test_a_killed_run_is_readable_up_to_its_last_flush(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     (run_dir,) = run_dirs(ws)
-    assert (run_dir / "run-{}.wandb".format((ws / "wandb_run_id").read_text())).stat().st_size > 40000
+    wandb_file = run_dir / "run-{}.wandb".format((ws / "wandb_run_id").read_text())
+    assert wandb_file.stat().st_size > datastore.LEVELDBLOG_BLOCK_LEN
     records = read_records(run_dir)  # every record parses, across block boundaries
     assert "exit" not in [r.WhichOneof("record_type") for r in records]
     rows = history(records)
