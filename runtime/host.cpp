@@ -486,11 +486,11 @@ void HookInstance::on_log_images(const tloop_image* images, size_t count) {
   call("on_log_images", TLOOP_VT(vt_, tloop_hook_vtable, on_log_images), images, count);
 }
 void HookInstance::state_dict(StateDict& out, const std::string& prefix) {
-  tloop_state s{&out, nullptr, prefix};
+  tloop_state s{&out, nullptr, prefix, nullptr};
   call("state_dict", TLOOP_VT(vt_, tloop_hook_vtable, state_dict), &s);
 }
 void HookInstance::load_state_dict(const StateDict& in, const std::string& prefix) {
-  tloop_state s{nullptr, &in, prefix};
+  tloop_state s{nullptr, &in, prefix, nullptr};
   call("load_state_dict", TLOOP_VT(vt_, tloop_hook_vtable, load_state_dict), static_cast<const tloop_state*>(&s));
 }
 
@@ -506,11 +506,11 @@ std::optional<at::Tensor> TaskInstance::forward() {
   return at::Tensor(TensorPtr::reclaim(reinterpret_cast<c10::TensorImpl*>(loss)));
 }
 void TaskInstance::state_dict(StateDict& out, const std::string& prefix) {
-  tloop_state s{&out, nullptr, prefix};
+  tloop_state s{&out, nullptr, prefix, nullptr};
   call("state_dict", TLOOP_VT(vt_, tloop_task_vtable, state_dict), &s);
 }
 void TaskInstance::load_state_dict(const StateDict& in, const std::string& prefix) {
-  tloop_state s{nullptr, &in, prefix};
+  tloop_state s{nullptr, &in, prefix, nullptr};
   call("load_state_dict", TLOOP_VT(vt_, tloop_task_vtable, load_state_dict), static_cast<const tloop_state*>(&s));
 }
 

@@ -28,7 +28,7 @@ static tloop_status create(const tloop_context* ctx, const tloop_options* option
 
 static void destroy(void* self) { (void)self; }
 
-static const tloop_hook_vtable vtable = {sizeof(tloop_hook_vtable), create, destroy};
+static const tloop_hook_vtable vtable = {.struct_size = sizeof(tloop_hook_vtable), .create = create, .destroy = destroy};
 
 static const tloop_plugin_descriptor descriptor = {
     sizeof(tloop_plugin_descriptor), VARIANT_NAME, TLOOP_KIND_HOOK, "0.1.0", "loader test plugin", NULL, 0, &vtable,

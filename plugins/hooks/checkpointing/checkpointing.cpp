@@ -67,13 +67,20 @@ std::vector<char> safetensors_bytes(const Named& tensors) {
     contiguous.push_back(c);
   }
   std::string text = header.dump();
-  text.append((8 - text.size() % 8) % 8, ' ');
-  std::vector<char> out(8);
-  uint64_t len = text.size();
-  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>((len >> (8 * i)) & 0xff);
-  out.insert(out.end(), text.begin(), text.end());
-  for (const auto& c : contiguous)
-    out.insert(out.end(), static_cast<const char*>(c.data_ptr()), static_cast<const char*>(c.data_ptr()) + c.nbytes());
+  text.append((8 - text.size() % 8) % 8, ' ');  // the data starts 8-byte aligned
+  // One allocation of the final size, filled in place: [u64 LE header length][header][data]. (Growing
+  // an 8-byte vector with insert() was correct but tripped GCC 12's -Warray-bounds/-Wstringop-overread
+  // false positive on vector range insertion.)
+  std::vector<char> out(8 + text.size() + offset);
+  const uint64_t len = text.size();
+  for (size_t i = 0; i < 8; ++i) out[i] = static_cast<char>((len >> (8 * i)) & 0xff);
+  std::memcpy(out.data() + 8, text.data(), text.size());
+  char* data = out.data() + 8 + text.size();
+  for (const auto& c : contiguous) {
+    const size_t n = c.nbytes();
+    if (n > 0) std::memcpy(data, c.data_ptr(), n);  // an empty tensor may have no storage (data_ptr null)
+    data += n;
+  }
   return out;
 }
 
