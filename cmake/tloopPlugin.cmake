@@ -1,14 +1,21 @@
-# tloop_add_plugin(<name> SOURCES <src>... [TORCH] [LIBRARIES <lib>...])
+# tloop_add_plugin(<name> SOURCES <src>... [TORCH] [LIBRARIES <lib>...]
+#                  [INSTALL_DESTINATION <dir>])
 #
 # Builds <name>.so, a tloop plugin library: a MODULE with hidden visibility,
 # no undefined symbols, linked to the plugin API and, when the plugin uses
 # tensors (TORCH), to LibTorch. The library lands in TLOOP_PLUGIN_OUTPUT_DIR
 # (default: <build dir>/plugins), a directory to put on TLOOP_PLUGIN_PATH.
+# With INSTALL_DESTINATION, `cmake --install` also installs it there.
+#
+# LibTorch (TORCH) must be the one tloop was built against. It is found as
+# find_package(Torch) finds it (Torch_DIR, CMAKE_PREFIX_PATH), else through
+# the Python torch package: TLOOP_PYTHON (CMake or environment variable),
+# else Python3_EXECUTABLE, else python3 on PATH.
 #
 # Used by tloop's own build and, through find_package(tloop), by plugins
 # built out of tree.
 function(tloop_add_plugin name)
-  cmake_parse_arguments(ARG "TORCH" "" "SOURCES;LIBRARIES" ${ARGN})
+  cmake_parse_arguments(ARG "TORCH" "INSTALL_DESTINATION" "SOURCES;LIBRARIES" ${ARGN})
   if(NOT ARG_SOURCES)
     message(FATAL_ERROR "tloop_add_plugin(${name}): SOURCES is required")
   endif()
@@ -28,11 +35,42 @@ function(tloop_add_plugin name)
   endif()
   target_link_libraries(${name} PRIVATE tloop::plugin_api ${ARG_LIBRARIES})
   if(ARG_TORCH)
-    if(NOT TORCH_LIBRARIES)
-      find_package(Torch REQUIRED)
-    endif()
-    target_link_libraries(${name} PRIVATE ${TORCH_LIBRARIES})
+    _tloop_find_torch()
+    target_link_libraries(${name} PRIVATE torch)
   endif()
   # Every symbol resolved at link time: a missing one fails the build, not the run.
-  target_link_options(${name} PRIVATE -Wl,--no-undefined)
+  target_link_options(${name} PRIVATE "LINKER:--no-undefined")
+  if(ARG_INSTALL_DESTINATION)
+    install(TARGETS ${name} LIBRARY DESTINATION ${ARG_INSTALL_DESTINATION})
+  endif()
 endfunction()
+
+# Makes the `torch` target available (see above), once per project.
+macro(_tloop_find_torch)
+  if(NOT TARGET torch)
+    find_package(Torch QUIET)
+    if(NOT Torch_FOUND)
+      if(TLOOP_PYTHON)
+        set(_tloop_python "${TLOOP_PYTHON}")
+      elseif(DEFINED ENV{TLOOP_PYTHON})
+        set(_tloop_python "$ENV{TLOOP_PYTHON}")
+      elseif(Python3_EXECUTABLE)
+        set(_tloop_python "${Python3_EXECUTABLE}")
+      else()
+        find_program(_tloop_python python3 REQUIRED)
+      endif()
+      execute_process(COMMAND "${_tloop_python}" -c "import torch.utils; print(torch.utils.cmake_prefix_path)"
+                      OUTPUT_VARIABLE _tloop_torch_prefix OUTPUT_STRIP_TRAILING_WHITESPACE
+                      RESULT_VARIABLE _tloop_torch_result ERROR_QUIET)
+      if(NOT _tloop_torch_result EQUAL 0)
+        message(FATAL_ERROR "tloop_add_plugin(... TORCH): no LibTorch found: set Torch_DIR, or TLOOP_PYTHON "
+                            "to a Python that has torch (tried '${_tloop_python}')")
+      endif()
+      find_package(Torch REQUIRED PATHS "${_tloop_torch_prefix}" NO_DEFAULT_PATH)
+    endif()
+    if(TLOOP_TORCH_VERSION AND NOT Torch_VERSION VERSION_EQUAL TLOOP_TORCH_VERSION)
+      message(FATAL_ERROR "tloop was built against LibTorch ${TLOOP_TORCH_VERSION}, but the LibTorch found "
+                          "(${Torch_DIR}) is ${Torch_VERSION}: plugins must use the same one")
+    endif()
+  endif()
+endmacro()

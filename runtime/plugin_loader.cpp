@@ -161,9 +161,9 @@ std::vector<fs::path> default_plugin_dirs() {
   std::error_code ec;
   fs::path exe = fs::read_symlink("/proc/self/exe", ec);
   if (!ec) {
-    const fs::path prefix = exe.parent_path().parent_path();
-    dirs.push_back(prefix / "plugins");               // build tree: build/bin/tloop, build/plugins
-    dirs.push_back(prefix / "lib" / "tloop" / "plugins");  // install tree
+    // Relative to the executable, as CMake laid them out (runtime/CMakeLists.txt).
+    dirs.push_back((exe.parent_path() / TLOOP_BUILD_PLUGIN_DIR_FROM_EXE).lexically_normal());    // build tree
+    dirs.push_back((exe.parent_path() / TLOOP_INSTALL_PLUGIN_DIR_FROM_EXE).lexically_normal());  // install tree
   }
   if (const char* env = std::getenv("TLOOP_PLUGIN_PATH"))
     for (const auto& d : split(env, ':'))

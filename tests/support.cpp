@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -94,15 +95,23 @@ bool has_exited(pid_t pid) {
 void wait_until(const std::function<bool()>& ready, const std::string& what, pid_t pid, double deadline_seconds) {
   using Clock = std::chrono::steady_clock;
   const auto deadline = Clock::now() + std::chrono::duration<double>(deadline_seconds);
-  for (;;) {
-    if (ready()) return;
-    if (pid > 0 && has_exited(pid)) {
-      if (ready()) return;  // the last thing it did may be what we waited for
-      throw std::runtime_error("the process exited before " + what);
+  try {
+    for (;;) {
+      if (ready()) return;
+      if (pid > 0 && has_exited(pid)) {
+        if (ready()) return;  // the last thing it did may be what we waited for
+        throw std::runtime_error("the process exited before " + what);
+      }
+      if (Clock::now() > deadline)
+        throw std::runtime_error("no " + what + " after " + std::to_string(deadline_seconds) + " s");
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));  // a poll interval, not a wait for progress
     }
-    if (Clock::now() > deadline)
-      throw std::runtime_error("no " + what + " after " + std::to_string(deadline_seconds) + " s");
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));  // a poll interval, not a wait for progress
+  } catch (...) {  // a failed wait leaves no endless run behind
+    if (pid > 0) {
+      kill(pid, SIGKILL);
+      waitpid(pid, nullptr, 0);
+    }
+    throw;
   }
 }
 

@@ -42,14 +42,17 @@ def start_until(spec, ready, what):
     Fails, naming `what`, when the run exits first or the deadline passes."""
     proc = subprocess.Popen([CLI, "run", str(spec)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + PROGRESS_DEADLINE_S
-    while not ready():
-        if proc.poll() is not None and not ready():
-            pytest.fail(f"the run exited with {proc.returncode} before {what}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            pytest.fail(f"no {what} after {PROGRESS_DEADLINE_S} s")
-        time.sleep(0.02)  # a poll interval, not a wait for progress
+    try:
+        while not ready():
+            if proc.poll() is not None and not ready():
+                pytest.fail(f"the run exited with {proc.returncode} before {what}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {what} after {PROGRESS_DEADLINE_S} s")
+            time.sleep(0.02)  # a poll interval, not a wait for progress
+    except BaseException:  # a failure (or an error in ready) leaves no endless run behind
+        proc.kill()
+        proc.wait()
+        raise
     return proc
 
 

@@ -1,4 +1,4 @@
-// Encoding by stb_image_write (Debian's libstb).
+// Encoding by stb_image_write (Debian's libstb, or the copy in third_party/).
 #include "image_encode.h"
 
 #include <stb_image_write.h>

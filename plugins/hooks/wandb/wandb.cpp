@@ -14,7 +14,7 @@
 #include <tloop/sdk.hpp>
 
 #include <nlohmann/json.hpp>
-#include <openssl/evp.h>
+#include <picosha2.h>
 #include <toml++/toml.h>
 #include <unistd.h>
 
@@ -65,13 +65,11 @@ std::string json_number(double v) {
 }
 
 std::string sha256_hex(const std::string& bytes) {
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int size = 0;
-  if (EVP_Digest(bytes.data(), bytes.size(), digest, &size, EVP_sha256(), nullptr) != 1)
-    throw tloop::Error("wandb: SHA-256 failed");
+  unsigned char digest[picosha2::k_digest_size];
+  picosha2::hash256(bytes.begin(), bytes.end(), digest, digest + picosha2::k_digest_size);
   static const char* hex = "0123456789abcdef";
   std::string out;
-  for (unsigned int i = 0; i < size; ++i) (out += hex[digest[i] >> 4]) += hex[digest[i] & 15];
+  for (unsigned char d : digest) (out += hex[d >> 4]) += hex[d & 15];
   return out;
 }
 
