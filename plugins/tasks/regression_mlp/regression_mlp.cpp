@@ -1,12 +1,16 @@
 // regression_mlp: a two-layer MLP fitting a fixed synthetic function.
 // Data is generated from the run seed, iterated in order, and identical on
 // every device, which makes this task the workhorse of the loop's tests.
+// Optional dropout and input noise are drawn during training from the run
+// device's default generator (on CUDA, the state a checkpoint must carry for
+// an exact resume); both are off by default.
 // Written with plain ATen ops (no torch::nn) to keep it quick to compile.
 #include <tloop/torch.hpp>
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/arange.h>
+#include <ATen/ops/dropout.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/index_select.h>
 #include <ATen/ops/linear.h>
@@ -32,6 +36,9 @@ class RegressionMlp : public tloop::Task {
                 tloop::option("hidden_dim", 32, "hidden units").at_least(1),
                 tloop::option("dataset_size", 1024, "samples in the dataset; batches wrap around").at_least(1),
                 tloop::option("noise", 0.01, "standard deviation of the target noise").at_least(0),
+                tloop::option("dropout", 0.0, "dropout probability of the hidden layer").range(0, 0.9),
+                tloop::option("input_noise", 0.0, "standard deviation of noise added to each batch's inputs")
+                    .at_least(0),
             }};
   }
 
@@ -40,7 +47,9 @@ class RegressionMlp : public tloop::Task {
         input_dim_(o.get_int("input_dim")),
         hidden_dim_(o.get_int("hidden_dim")),
         dataset_size_(o.get_int("dataset_size")),
-        noise_(o.get_double("noise")) {}
+        noise_(o.get_double("noise")),
+        dropout_(o.get_double("dropout")),
+        input_noise_(o.get_double("input_noise")) {}
 
   void setup(tloop::Context& ctx) override {
     const c10::Device device(ctx.device());
@@ -75,12 +84,14 @@ class RegressionMlp : public tloop::Task {
     at::Tensor idx = at::remainder(at::arange(cursor_, cursor_ + batch_size_, x_.options().dtype(at::kLong)),
                                    dataset_size_);
     xb_ = at::index_select(x_, 0, idx);
+    if (input_noise_ > 0) xb_ = xb_ + input_noise_ * at::randn({batch_size_, input_dim_}, x_.options());
     yb_ = at::index_select(y_, 0, idx);
     cursor_ = (cursor_ + batch_size_) % dataset_size_;
   }
 
   std::optional<at::Tensor> forward(tloop::Context&) override {
     at::Tensor h = at::tanh(at::linear(xb_, w1_, b1_));
+    if (dropout_ > 0) h = at::dropout(h, dropout_, /*train=*/true);
     at::Tensor pred = at::linear(h, w2_, b2_);
     return at::mse_loss(pred.to(at::kFloat), yb_);
   }
@@ -92,7 +103,7 @@ class RegressionMlp : public tloop::Task {
 
  private:
   int64_t batch_size_, input_dim_, hidden_dim_, dataset_size_;
-  double noise_;
+  double noise_, dropout_, input_noise_;
   int64_t cursor_ = 0;
   at::Tensor x_, y_, xb_, yb_, w1_, b1_, w2_, b2_;
 };
