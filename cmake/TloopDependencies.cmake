@@ -2,8 +2,12 @@
 # the pinned copies in third_party/ (versions and sources: third_party/README.md).
 #
 # TLOOP_VENDORED_DEPS (cache variable):
-#   AUTO (default)  each dependency from a compatible system package when
-#                   find_package (QUIET) finds one, else the copy in third_party/
+#   AUTO (default)  each header-only dependency (Boost.DLL, CLI11, doctest,
+#                   nlohmann_json) and zlib from a compatible system package
+#                   when find_package (QUIET) finds one, else the copy in
+#                   third_party/; spdlog, toml++ and stb always from the copy,
+#                   since their system packages are shared libraries that the
+#                   installed (relocatable) prefix would then need at run time
 #   ON              every dependency from third_party/; no system package is looked for
 #   OFF             system packages only; a missing one stops the configure (REQUIRED)
 # Under AUTO, -DCMAKE_DISABLE_FIND_PACKAGE_<Pkg>=ON takes the copy for that one
@@ -56,6 +60,19 @@ macro(_tloop_find pkg)
   endif()
 endmacro()
 
+# _tloop_find_linked(<Pkg> <find_package arguments>...): the same for a
+# dependency whose system package is a shared library (Debian's spdlog, toml++
+# and stb). Under AUTO the copy is used: a system .so would become a run-time
+# dependency of the installed prefix, which must run when copied to another
+# machine. OFF still takes the system package.
+macro(_tloop_find_linked pkg)
+  if(_tloop_deps_mode STREQUAL "OFF")
+    _tloop_find(${pkg} ${ARGN})
+  else()
+    set(_tloop_system FALSE)
+  endif()
+endmacro()
+
 # _tloop_report(<label> <version> <system?>)
 function(_tloop_report label version system)
   if(system)
@@ -82,7 +99,7 @@ else()
 endif()
 
 # ---------------------------------------------------------------- TOML++
-_tloop_find(tomlplusplus 3.3)
+_tloop_find_linked(tomlplusplus 3.3)
 if(_tloop_system)
   _tloop_report("toml++" "${tomlplusplus_VERSION}" TRUE)
 else()
@@ -93,7 +110,7 @@ else()
 endif()
 
 # ---------------------------------------------------------------- spdlog
-_tloop_find(spdlog 1.10)
+_tloop_find_linked(spdlog 1.10)
 if(_tloop_system)
   _tloop_report("spdlog" "${spdlog_VERSION}" TRUE)
 else()
@@ -164,20 +181,15 @@ endif()
 
 # ---------------------------------------------------------------- stb_image_write
 # No CMake package: Debian's libstb-dev is its header in <include>/stb/ plus libstb.
+# A shared library: like spdlog and toml++, only OFF takes it (see _tloop_find_linked).
 set(_tloop_system FALSE)
-if(NOT _tloop_deps_mode STREQUAL "ON" AND NOT CMAKE_DISABLE_FIND_PACKAGE_stb)
-  if(_tloop_deps_mode STREQUAL "OFF")
-    find_path(STB_INCLUDE_DIR stb_image_write.h PATH_SUFFIXES stb REQUIRED)
-    find_library(STB_LIBRARY stb REQUIRED)
-  else()
-    find_path(STB_INCLUDE_DIR stb_image_write.h PATH_SUFFIXES stb)
-    find_library(STB_LIBRARY stb)
+if(_tloop_deps_mode STREQUAL "OFF")
+  if(CMAKE_DISABLE_FIND_PACKAGE_stb)
+    message(FATAL_ERROR "TLOOP_VENDORED_DEPS=OFF needs the system stb, but CMAKE_DISABLE_FIND_PACKAGE_stb is set")
   endif()
-  if(STB_INCLUDE_DIR AND STB_LIBRARY)
-    set(_tloop_system TRUE)
-  endif()
-elseif(_tloop_deps_mode STREQUAL "OFF")
-  message(FATAL_ERROR "TLOOP_VENDORED_DEPS=OFF needs the system stb, but CMAKE_DISABLE_FIND_PACKAGE_stb is set")
+  find_path(STB_INCLUDE_DIR stb_image_write.h PATH_SUFFIXES stb REQUIRED)
+  find_library(STB_LIBRARY stb REQUIRED)
+  set(_tloop_system TRUE)
 endif()
 if(_tloop_system)
   add_library(tloop_third_party_stb INTERFACE)

@@ -2,10 +2,12 @@
 
 #include <ATen/core/Tensor.h>
 #include <nlohmann/json.hpp>
+#include <tloop/torch_save.hpp>
 
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -83,14 +85,11 @@ int wait_exit(pid_t pid) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
-namespace {
-// True once `pid` has exited; it stays a zombie (not reaped), so wait_exit
-// still gets its status and the pid cannot be reused meanwhile.
+// The process stays a zombie (not reaped), so the pid cannot be reused meanwhile.
 bool has_exited(pid_t pid) {
   siginfo_t info{};
   return waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid == pid;
 }
-}  // namespace
 
 void wait_until(const std::function<bool()>& ready, const std::string& what, pid_t pid, double deadline_seconds) {
   using Clock = std::chrono::steady_clock;
@@ -136,6 +135,35 @@ std::unique_ptr<tloop::Run> train(const TempDir& dir, const std::string& spec,
   auto run = tloop::Run::prepare({file.string(), all});
   run->execute();
   return run;
+}
+
+std::map<int64_t, std::vector<double>> logged(const fs::path& metrics, const std::string& key) {
+  std::map<int64_t, std::vector<double>> out;
+  if (!fs::exists(metrics)) return out;
+  for (const auto& line : read_lines(metrics)) {
+    nlohmann::json row = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (row.is_discarded() || !row.contains(key)) continue;  // a line torn by SIGKILL
+    out[row["step"].get<int64_t>()].push_back(row[key].is_number() ? row[key].get<double>() : std::nan(""));
+  }
+  return out;
+}
+
+int64_t latest_step(const fs::path& workspace) {
+  std::ifstream in(workspace / "checkpoints" / "latest");
+  std::string name;
+  if (!(in >> name)) return -1;
+  try {
+    return std::stoll(name);
+  } catch (const std::exception&) {
+    return -1;
+  }
+}
+
+std::vector<std::pair<std::string, at::Tensor>> read_tensors(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot read " + file.string());
+  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return tloop::load_tensors(bytes);
 }
 
 std::vector<double> values(const tloop::Run& run, const std::string& name) {

@@ -4,11 +4,14 @@
 
 #include "run.h"
 
+#include <ATen/core/Tensor.h>
+
 #include <sys/types.h>
 
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -63,9 +66,23 @@ constexpr double kProgressDeadlineSeconds = 300;
 void wait_until(const std::function<bool()>& ready, const std::string& what, pid_t pid = -1,
                 double deadline_seconds = kProgressDeadlineSeconds);
 
+/// True once a spawned `pid` has exited; not reaped, so wait_exit still gets its status.
+bool has_exited(pid_t pid);
+
 /// The highest step of the complete lines of a metrics.jsonl (0 when none):
 /// what a running job has observably done.
 int64_t last_logged_step(const fs::path& metrics);
+
+/// step -> every value of `key` in a metrics.jsonl, in file order (a resumed
+/// run logs some steps twice; a line torn by SIGKILL is skipped; a non-finite
+/// value, written as null, reads as NaN).
+std::map<int64_t, std::vector<double>> logged(const fs::path& metrics, const std::string& key);
+
+/// The step checkpoints/latest names in a workspace, or -1 while there is none.
+int64_t latest_step(const fs::path& workspace);
+
+/// The named tensors of a .pt file written by tloop (model.pt, state.pt, ...).
+std::vector<std::pair<std::string, at::Tensor>> read_tensors(const fs::path& file);
 
 /// Prepares and executes a run of `spec` (TOML text) written to `dir`/spec.toml;
 /// the workspace defaults to `dir`/ws.

@@ -6,7 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <tloop/torch_save.hpp>
 
-#include "doctest_after_c10.h"  // last of the headers that bring in c10 logging
+#include "checks.h"
 
 #include <algorithm>
 #include <csignal>
@@ -19,10 +19,11 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string regression_spec(const fs::path& ws, int steps, const std::string& checkpointing) {
+std::string regression_spec(const fs::path& ws, int64_t steps, const std::string& checkpointing,
+                            const std::string& schedule = "cosine") {
   return "[run]\nworkspace = \"" + ws.string() + "\"\n[trainer]\nmax_steps = " + std::to_string(steps) +
          "\ngradient_accumulation_steps = 2\n[task]\nplugin = \"regression_mlp\"\nhidden_dim = 64\ndataset_size = 2048\n"
-         "[optimizer]\ntype = \"adamw\"\nlr = 0.003\n[scheduler]\ntype = \"cosine\"\nwarmup_steps = 50\n"
+         "[optimizer]\ntype = \"adamw\"\nlr = 0.003\n[scheduler]\ntype = \"" + schedule + "\"\nwarmup_steps = 50\n"
          "[[hooks]]\nplugin = \"logging\"\ninterval = 1\n"
          "[[hooks]]\nplugin = \"checkpointing\"\n" + checkpointing + "\n";
 }
@@ -31,82 +32,66 @@ using test::spawn;
 using test::wait_exit;
 
 // step -> every train/loss logged for it (a killed run logs some steps twice).
-std::map<int64_t, std::vector<double>> losses(const fs::path& metrics) {
-  std::map<int64_t, std::vector<double>> out;
-  for (const auto& line : test::read_lines(metrics)) {
-    nlohmann::json row = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (row.is_discarded() || !row.contains("train/loss")) continue;  // a line torn by SIGKILL
-    out[row["step"].get<int64_t>()].push_back(row["train/loss"].get<double>());
-  }
-  return out;
-}
+std::map<int64_t, std::vector<double>> losses(const fs::path& metrics) { return test::logged(metrics, "train/loss"); }
 
-std::string latest(const fs::path& ws) {
-  std::string name = test::read_file(ws / "checkpoints" / "latest");
-  return name.substr(0, name.find('\n'));
-}
+std::string latest(const fs::path& ws) { return std::to_string(test::latest_step(ws)); }
 
-std::vector<std::pair<std::string, at::Tensor>> model_of(const fs::path& checkpoint) {
-  std::ifstream in(checkpoint / "model.pt", std::ios::binary);
-  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  return tloop::load_tensors(bytes);
-}
+auto model_of(const fs::path& checkpoint) { return test::read_tensors(checkpoint / "model.pt"); }
 
-void check_same_model(const fs::path& a, const fs::path& b) {
-  auto ma = model_of(a), mb = model_of(b);
-  REQUIRE(ma.size() == mb.size());
-  for (size_t i = 0; i < ma.size(); ++i) {
-    INFO(ma[i].first);
-    CHECK(ma[i].first == mb[i].first);
-    CHECK(at::equal(ma[i].second, mb[i].second));  // bit for bit
-  }
-}
+void check_same_model(const fs::path& a, const fs::path& b) { test::check_same_tensors(a / "model.pt", b / "model.pt"); }
 
 int kills_wanted() {
   const char* env = std::getenv("TLOOP_FAULT_KILLS");
   return env ? std::atoi(env) : 20;
 }
 
+// A run to signal at observed steps: endless, so that no signal can come after
+// its end however the test process is scheduled. Each life is stopped once the
+// workspace's metrics.jsonl has a step >= `target`.
+void stop_at(const fs::path& spec, const fs::path& metrics, const fs::path& log, int64_t target, int sig) {
+  const pid_t pid = spawn(spec, log);
+  test::wait_until([&] { return test::last_logged_step(metrics) >= target; },
+                   "step " + std::to_string(target) + " in " + metrics.string(), pid);
+  kill(pid, sig);
+  INFO(test::read_file(log));
+  REQUIRE(wait_exit(pid) == 128 + sig);
+}
+
+constexpr int64_t kEndless = 100000000;
+
 }  // namespace
 
 TEST_CASE("a run SIGKILLed at random moments resumes to bit-identical weights and losses" *
           doctest::test_suite("slow")) {
   TempDir dir;
-  // Each life is killed once it has logged a random 1..80 steps past the
-  // furthest step any life reached: kill moments follow observed progress, not
-  // the clock, so every life gets further on any machine. The run is long
-  // enough that a kill never comes after its end.
-  const int kills = kills_wanted();
-  const int64_t steps = 80 * int64_t{kills} + 400;
+  // Each endless life is killed once it has logged a random 1..80 steps past
+  // the furthest step any life reached: kill moments follow observed progress,
+  // not the clock, so every life gets further on any machine. A last life runs
+  // to a finite end, and so does the reference. The schedule (warm-up, then
+  // constant) does not depend on max_steps, so lives of either length agree.
   const std::string ckpt = "interval = 40\nkeep_previous = 1\n";
-  test::write_file(dir / "ref.toml", regression_spec(dir / "ref", static_cast<int>(steps), ckpt));
-  test::write_file(dir / "faulty.toml", regression_spec(dir / "faulty", static_cast<int>(steps), ckpt));
-  REQUIRE(wait_exit(spawn(dir / "ref.toml", dir / "ref.log")) == 0);
-
+  test::write_file(dir / "endless.toml", regression_spec(dir / "faulty", kEndless, ckpt, "constant"));
   const fs::path metrics = dir / "faulty" / "metrics.jsonl";
   std::mt19937 rng(20261123);
   std::uniform_int_distribution<int64_t> ahead(1, 80);
   int64_t furthest = 0;
-  for (int life = 0; life < kills; ++life) {
-    const int64_t target = furthest + ahead(rng);
-    const pid_t pid = spawn(dir / "faulty.toml", dir / "faulty.log");
-    test::wait_until([&] { return test::last_logged_step(metrics) >= target; },
-                     "step " + std::to_string(target) + " in " + metrics.string(), pid);
-    kill(pid, SIGKILL);
-    INFO(test::read_file(dir / "faulty.log"));
-    REQUIRE(wait_exit(pid) == 128 + SIGKILL);
-    furthest = std::max(target, test::last_logged_step(metrics));
+  for (int life = 0; life < kills_wanted(); ++life) {
+    stop_at(dir / "endless.toml", metrics, dir / "faulty.log", furthest + ahead(rng), SIGKILL);
+    furthest = test::last_logged_step(metrics);
   }
-  INFO(test::read_file(dir / "faulty.log"));
-  REQUIRE(wait_exit(spawn(dir / "faulty.toml", dir / "faulty.log")) == 0);
+  const int64_t steps = furthest + 60;
+  test::write_file(dir / "ref.toml", regression_spec(dir / "ref", steps, ckpt, "constant"));
+  test::write_file(dir / "last.toml", regression_spec(dir / "faulty", steps, ckpt, "constant"));
+  REQUIRE(wait_exit(spawn(dir / "last.toml", dir / "faulty.log")) == 0);
+  REQUIRE(wait_exit(spawn(dir / "ref.toml", dir / "ref.log")) == 0);
   // The kills must have hit a run with checkpoints to resume from, or nothing was tested.
   const std::string log = test::read_file(dir / "faulty.log");
   size_t resumes = 0;
   for (size_t at = log.find("checkpointing: resumed from"); at != std::string::npos;
        at = log.find("checkpointing: resumed from", at + 1))
     ++resumes;
-  MESSAGE(kills, " kills, ", resumes, " resumes from a checkpoint");
-  CHECK(resumes >= static_cast<size_t>(kills) / 2);
+  MESSAGE(kills_wanted(), " kills, ", resumes, " resumes from a checkpoint, ", steps, " steps");
+  CHECK(resumes >= static_cast<size_t>(kills_wanted()) / 2);
 
   const auto reference = losses(dir / "ref" / "metrics.jsonl");
   const auto faulty = losses(metrics);
@@ -126,34 +111,37 @@ TEST_CASE("a run SIGKILLed at random moments resumes to bit-identical weights an
 TEST_CASE("digits_cnn stopped by SIGTERM and resumed ends exactly like an uninterrupted run" *
           doctest::test_suite("slow")) {
   TempDir dir;
-  auto spec = [&](const std::string& name) {
-    return "[run]\nworkspace = \"" + (dir / name).string() +
-           "\"\n[trainer]\nmax_steps = 300\n[task]\nplugin = \"digits_cnn\"\neval_interval = 1000\nnum_images = 0\n"
+  auto spec = [&](const std::string& name, int64_t steps) {
+    return "[run]\nworkspace = \"" + (dir / name).string() + "\"\n[trainer]\nmax_steps = " + std::to_string(steps) +
+           "\n[task]\nplugin = \"digits_cnn\"\neval_interval = 1000\nnum_images = 0\n"
            "[optimizer]\nlr = 0.003\n[[hooks]]\nplugin = \"logging\"\ninterval = 1\n"
            "[[hooks]]\nplugin = \"checkpointing\"\ninterval = 1000\nexit_signals = [\"SIGTERM\"]\n";
   };
-  test::write_file(dir / "ref.toml", spec("ref"));
-  test::write_file(dir / "stopped.toml", spec("stopped"));
-  REQUIRE(wait_exit(spawn(dir / "ref.toml", dir / "ref.log")) == 0);
-  // Two lives stopped once they have logged steps 100 and 200, a third to the end.
+  // Two endless lives (a constant rate: max_steps changes nothing else) stopped
+  // by SIGTERM once they have logged a step 100 past where the last one stopped;
+  // a third runs to the end, and so does the reference.
+  test::write_file(dir / "endless.toml", spec("stopped", kEndless));
   const fs::path metrics = dir / "stopped" / "metrics.jsonl";
-  for (int64_t target : {100, 200}) {
-    const pid_t pid = spawn(dir / "stopped.toml", dir / "stopped.log");
-    test::wait_until([&] { return test::last_logged_step(metrics) >= target; },
-                     "step " + std::to_string(target) + " in " + metrics.string(), pid);
-    kill(pid, SIGTERM);
-    INFO(test::read_file(dir / "stopped.log"));
-    REQUIRE(wait_exit(pid) == 128 + SIGTERM);
+  for (int life = 0; life < 2; ++life) {
+    const int64_t target = test::last_logged_step(metrics) + 100;
+    stop_at(dir / "endless.toml", metrics, dir / "stopped.log", target, SIGTERM);
     CHECK(std::stoll(latest(dir / "stopped")) >= target);  // that step's checkpoint, saved on the signal
   }
-  REQUIRE(wait_exit(spawn(dir / "stopped.toml", dir / "stopped.log")) == 0);
+  const int64_t steps = test::last_logged_step(metrics) + 100;
+  test::write_file(dir / "ref.toml", spec("ref", steps));
+  test::write_file(dir / "last.toml", spec("stopped", steps));
+  REQUIRE(wait_exit(spawn(dir / "last.toml", dir / "stopped.log")) == 0);
+  REQUIRE(wait_exit(spawn(dir / "ref.toml", dir / "ref.log")) == 0);
   INFO(test::read_file(dir / "stopped.log"));
   CHECK(test::read_file(dir / "stopped.log").find("checkpointing: resumed from") != std::string::npos);
-  CHECK(latest(dir / "stopped") == "300");
+  CHECK(latest(dir / "stopped") == std::to_string(steps));
   const auto reference = losses(dir / "ref" / "metrics.jsonl");
-  for (const auto& [step, values] : losses(dir / "stopped" / "metrics.jsonl"))
+  const auto stopped = losses(metrics);
+  CHECK(stopped.size() == static_cast<size_t>(steps));
+  for (const auto& [step, values] : stopped)
     for (double v : values) CHECK(v == reference.at(step).front());
-  check_same_model(dir / "ref" / "checkpoints" / "300", dir / "stopped" / "checkpoints" / "300");
+  check_same_model(dir / "ref" / "checkpoints" / std::to_string(steps),
+                   dir / "stopped" / "checkpoints" / std::to_string(steps));
 }
 
 TEST_CASE("a damaged newest checkpoint is named and the previous valid one is loaded") {
@@ -224,7 +212,7 @@ TEST_CASE("SIGTERM and SIGUSR1 in exit_signals save that step's checkpoint and e
     TempDir dir;
     const fs::path ws = dir / "ws";
     test::write_file(dir / "spec.toml",
-                     regression_spec(ws, 100000000, "interval = 1000000\nexit_signals = [\"SIGTERM\", \"SIGUSR1\"]\n"));
+                     regression_spec(ws, kEndless, "interval = 1000000\nexit_signals = [\"SIGTERM\", \"SIGUSR1\"]\n"));
     const pid_t pid = spawn(dir / "spec.toml", dir / "run.log");
     test::wait_until([&] { return test::last_logged_step(ws / "metrics.jsonl") >= 1; }, "a step in metrics.jsonl", pid);
     kill(pid, sig);

@@ -14,7 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <tloop/torch_save.hpp>
 
-#include "doctest_after_c10.h"  // last of the headers that bring in c10 logging
+#include "checks.h"
 
 #include <algorithm>
 #include <cmath>
@@ -56,22 +56,9 @@ std::string scripted_spec(int64_t steps, const std::string& trainer_extra, const
          "\n[optimizer]\ntype = \"sgd\"\nlr = 1.0\n" + hooks;
 }
 
-// step -> every value of `key` logged for it, in file order (a resumed run logs
-// some steps twice; a non-finite value is null and read as NaN).
-std::map<int64_t, std::vector<double>> logged(const fs::path& metrics, const std::string& key) {
-  std::map<int64_t, std::vector<double>> out;
-  if (!fs::exists(metrics)) return out;
-  for (const auto& line : test::read_lines(metrics)) {
-    json row = json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (row.is_discarded() || !row.contains(key)) continue;  // a line torn by SIGKILL
-    out[row["step"].get<int64_t>()].push_back(row[key].is_number() ? row[key].get<double>() : std::nan(""));
-  }
-  return out;
-}
-
 // The one value logged per step, for steps 1..n (fails when a step is missing).
 std::vector<double> per_step(const fs::path& metrics, const std::string& key, int64_t n) {
-  const auto all = logged(metrics, key);
+  const auto all = test::logged(metrics, key);
   std::vector<double> out;
   for (int64_t s = 1; s <= n; ++s) {
     INFO("step ", s, " of ", metrics.string());
@@ -86,27 +73,6 @@ double mean(const std::vector<double>& v, size_t from, size_t to) {
   double sum = 0;
   for (size_t i = from; i < to; ++i) sum += v[i];
   return sum / static_cast<double>(to - from);
-}
-
-Named read_tensors(const fs::path& file) {
-  std::ifstream in(file, std::ios::binary);
-  REQUIRE_MESSAGE(in.good(), "cannot read ", file.string());
-  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  return tloop::load_tensors(bytes);
-}
-
-// Same names in the same order, every tensor bit for bit (dtype and shape included).
-void check_same_tensors(const fs::path& a, const fs::path& b) {
-  INFO(a.string(), " vs ", b.string());
-  const Named ta = read_tensors(a), tb = read_tensors(b);
-  REQUIRE(ta.size() == tb.size());
-  REQUIRE(!ta.empty());
-  for (size_t i = 0; i < ta.size(); ++i) {
-    INFO(ta[i].first);
-    CHECK(ta[i].first == tb[i].first);
-    CHECK(std::string(c10::toString(ta[i].second.scalar_type())) == c10::toString(tb[i].second.scalar_type()));
-    CHECK(at::equal(ta[i].second, tb[i].second));
-  }
 }
 
 std::optional<at::Tensor> tensor_named(const Named& tensors, const std::string& name) {
@@ -135,32 +101,14 @@ void check_params_on_cuda(tloop::Run& run) {
 
 std::string log_text(const fs::path& log) { return fs::exists(log) ? test::read_file(log) : std::string(); }
 
-// True once `pid` has exited; not reaped, so test::wait_exit still gets its status.
-bool exited(pid_t pid) {
-  siginfo_t info{};
-  return waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid == pid;
-}
-
 // Waits for a spawned run to end (killed and failed at the deadline); its exit code.
 int finish(pid_t pid, const fs::path& log) {
   try {
-    test::wait_until([&] { return exited(pid); }, "end of the run", pid);
+    test::wait_until([&] { return test::has_exited(pid); }, "end of the run", pid);
   } catch (const std::exception& e) {
     FAIL(e.what(), "; its output:\n", log_text(log));
   }
   return test::wait_exit(pid);
-}
-
-// The step `latest` names, or -1 while there is none.
-int64_t latest_step(const fs::path& ws) {
-  std::ifstream in(ws / "checkpoints" / "latest");
-  std::string name;
-  if (!(in >> name)) return -1;
-  try {
-    return std::stoll(name);
-  } catch (const std::exception&) {
-    return -1;
-  }
 }
 
 // Lets the running `pid` go on until `latest` names a step >= min_checkpoint and
@@ -173,7 +121,7 @@ std::pair<int64_t, int64_t> kill_after_progress(pid_t pid, const fs::path& ws, c
   try {
     test::wait_until(
         [&] {
-          const int64_t checkpoint = latest_step(ws);
+          const int64_t checkpoint = test::latest_step(ws);
           return checkpoint >= min_checkpoint && test::last_logged_step(metrics) > checkpoint;
         },
         "checkpoint >= " + std::to_string(min_checkpoint) + " with a logged step after it", pid);
@@ -182,7 +130,7 @@ std::pair<int64_t, int64_t> kill_after_progress(pid_t pid, const fs::path& ws, c
   }
   REQUIRE(kill(pid, SIGKILL) == 0);
   CHECK(test::wait_exit(pid) == 128 + SIGKILL);
-  return {latest_step(ws), test::last_logged_step(metrics)};
+  return {test::latest_step(ws), test::last_logged_step(metrics)};
 }
 
 }  // namespace
@@ -355,8 +303,8 @@ TEST_CASE("cuda: a run SIGKILLed after checkpoints resumes the CUDA RNG to bit-i
   test::write_file(dir / "ref.toml", spec(ref, n));
   REQUIRE(finish(test::spawn(dir / "ref.toml", dir / "ref.log"), dir / "ref.log") == 0);
 
-  const auto reference = logged(ref / "metrics.jsonl", "train/loss");
-  const auto faulty = logged(ws / "metrics.jsonl", "train/loss");
+  const auto reference = test::logged(ref / "metrics.jsonl", "train/loss");
+  const auto faulty = test::logged(ws / "metrics.jsonl", "train/loss");
   REQUIRE(reference.size() == static_cast<size_t>(n));
   REQUIRE(faulty.size() == static_cast<size_t>(n));
   size_t mismatches = 0, repeated = 0;
@@ -371,14 +319,14 @@ TEST_CASE("cuda: a run SIGKILLed after checkpoints resumes the CUDA RNG to bit-i
   }
   CHECK(mismatches == 0);
   CHECK(repeated >= 2);  // steps lost by each kill were trained again and compared
-  CHECK(latest_step(ref) == n);
-  CHECK(latest_step(ws) == n);
+  CHECK(test::latest_step(ref) == n);
+  CHECK(test::latest_step(ws) == n);
   const fs::path ref_last = ref / "checkpoints" / std::to_string(n), faulty_last = ws / "checkpoints" / std::to_string(n);
-  check_same_tensors(ref_last / "model.pt", faulty_last / "model.pt");
-  check_same_tensors(ref_last / "state.pt", faulty_last / "state.pt");  // optimizer moments and RNG states too
+  test::check_same_tensors(ref_last / "model.pt", faulty_last / "model.pt");
+  test::check_same_tensors(ref_last / "state.pt", faulty_last / "state.pt");  // optimizer moments and RNG states too
 
   // The checkpoint holds the CUDA generator's state, and training advanced it.
-  const Named state = read_tensors(ref_last / "state.pt");
+  const Named state = test::read_tensors(ref_last / "state.pt");
   const auto rng = tensor_named(state, "rng/cuda");
   REQUIRE(rng.has_value());
   int64_t previous = -1;
@@ -388,7 +336,7 @@ TEST_CASE("cuda: a run SIGKILLed after checkpoints resumes the CUDA RNG to bit-i
       previous = std::max<int64_t>(previous, std::stoll(name));
   }
   REQUIRE(previous > 0);  // keep_previous = 1
-  const auto earlier = tensor_named(read_tensors(ref / "checkpoints" / std::to_string(previous) / "state.pt"), "rng/cuda");
+  const auto earlier = tensor_named(test::read_tensors(ref / "checkpoints" / std::to_string(previous) / "state.pt"), "rng/cuda");
   REQUIRE(earlier.has_value());
   CHECK_FALSE(at::equal(*rng, *earlier));
 }
@@ -403,18 +351,18 @@ TEST_CASE("cuda: async checkpoints of GPU tensors write the same model.pt and st
   check_params_on_cuda(*run_sync);
   CHECK(run_async->host().step_info().count("checkpoint_stall") == 1);
   // The trajectory itself repeats exactly on the GPU, so the files must too.
-  CHECK(logged(sync_dir / "ws" / "metrics.jsonl", "train/loss") == logged(async_dir / "ws" / "metrics.jsonl", "train/loss"));
+  CHECK(test::logged(sync_dir / "ws" / "metrics.jsonl", "train/loss") == test::logged(async_dir / "ws" / "metrics.jsonl", "train/loss"));
   for (const std::string step : {"5", "10", "12"}) {
     INFO("checkpoint ", step);
     const fs::path a = sync_dir / "ws" / "checkpoints" / step, b = async_dir / "ws" / "checkpoints" / step;
     REQUIRE(fs::exists(a / "manifest.json"));
     REQUIRE(fs::exists(b / "manifest.json"));
-    check_same_tensors(a / "model.pt", b / "model.pt");
-    check_same_tensors(a / "state.pt", b / "state.pt");
-    CHECK(tensor_named(read_tensors(b / "state.pt"), "rng/cuda").has_value());
+    test::check_same_tensors(a / "model.pt", b / "model.pt");
+    test::check_same_tensors(a / "state.pt", b / "state.pt");
+    CHECK(tensor_named(test::read_tensors(b / "state.pt"), "rng/cuda").has_value());
   }
   // And the last one holds the live weights of the run, bit for bit.
-  const Named saved = read_tensors(async_dir / "ws" / "checkpoints" / "12" / "model.pt");
+  const Named saved = test::read_tensors(async_dir / "ws" / "checkpoints" / "12" / "model.pt");
   const auto& params = run_async->host().parameters();
   REQUIRE(saved.size() == params.size());
   for (size_t i = 0; i < saved.size(); ++i) {
@@ -448,7 +396,7 @@ TEST_CASE("cuda: ema on the GPU equals the closed form") {
   CHECK(std::get<int64_t>(state.at("hooks/ema_cpu/n_averaged")) == 1);
   for (int64_t i = 0; i < on_cpu.numel(); ++i) CHECK(on_cpu[i].item<double>() == -3.0);
   // ema_model.pt holds the GPU average.
-  const auto file = tensor_named(read_tensors(dir / "ws" / "ema_model.pt"), "w");
+  const auto file = tensor_named(test::read_tensors(dir / "ws" / "ema_model.pt"), "w");
   REQUIRE(file.has_value());
   CHECK(at::equal(*file, on_gpu.detach().to(at::kCPU)));
 

@@ -16,7 +16,7 @@ from PIL import Image
 from wandb.proto import wandb_internal_pb2
 from wandb.sdk.internal import datastore
 
-from conftest import CLI, TEST_PLUGINS, logged_rows, start_until
+from conftest import CLI, PROGRESS_DEADLINE_S, TEST_PLUGINS, logged_rows, start_until
 
 SPEC = """
 [run]
@@ -191,7 +191,7 @@ def test_an_offline_run_holds_every_record_with_the_values_and_images_on_disk(tm
     # `wandb sync` itself reads the directory (--view: parse and list, upload nothing).
     sync = subprocess.run(
         [os.path.join(os.path.dirname(sys.executable), "wandb"), "sync", "--legacy", "--view", str(run_dir)],
-        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+        capture_output=True, text=True, cwd=tmp_path, timeout=PROGRESS_DEADLINE_S,
         env={**os.environ, "WANDB_API_KEY": "0" * 40, "WANDB_SILENT": "true"},
     )
     assert sync.returncode == 0, sync.stdout + sync.stderr

@@ -12,12 +12,14 @@ build=$(cd "${1:-$src/build}" && pwd)
 work=$(mktemp -d "${TMPDIR:-/tmp}/tloop-relocated.XXXXXX")
 fail() { echo "FAIL (relocated install): $*" >&2; exit 1; }
 
-# The build tools as real binaries: pip's cmake/ninja entry points in .venv
-# are scripts that name .venv's python, which is about to move.
-tool() {  # name module-variable -> absolute path of a binary that does not live in .venv
+# The build tools, as real binaries: pip's cmake entry point in .venv is a
+# script naming .venv's python. A tool from .venv is used from where .venv is
+# moved to below (the test is about the installed prefix, not the tools).
+hidden="$src/.venv-hidden-$$"
+tool() {  # name module-variable -> absolute path of the binary, after .venv is hidden
   local path; path=$(command -v "$1") || fail "no $1"
   [[ "$path" != "$src/.venv/"* ]] || path=$("$src/.venv/bin/python" -c "import os, $1; print(os.path.join($1.$2, '$1'))")
-  echo "$path"
+  echo "${path/#$src\/.venv\//$hidden/}"
 }
 [[ -d "$src/.venv/bin" ]] && PATH="$src/.venv/bin:$PATH"
 cmake=$(tool cmake CMAKE_BIN_DIR)
@@ -25,12 +27,11 @@ ninja=$(tool ninja BIN_DIR)
 [[ -x "$src/.venv/bin/python" ]] || fail "no .venv to hide"
 
 cmake_args=(-G Ninja -DCMAKE_MAKE_PROGRAM="$ninja" -DCMAKE_BUILD_TYPE=Release)
+mv "$src/.venv" "$hidden"
+trap 'mv "$hidden" "$src/.venv"; rm -rf "$work"' EXIT
 "$cmake" --install "$build" --prefix "$work/staged" >/dev/null
 mv "$work/staged" "$work/moved"
 prefix="$work/moved"
-hidden="$src/.venv-hidden-$$"
-mv "$src/.venv" "$hidden"
-trap 'mv "$hidden" "$src/.venv"; rm -rf "$work"' EXIT
 export TLOOP_PYTHON="$hidden/bin/python"  # the documented way to name the Python whose torch to use
 export PATH="${PATH//$src\/.venv\/bin:/}"
 unset TLOOP_PLUGIN_PATH

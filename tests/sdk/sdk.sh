@@ -36,9 +36,10 @@ case "$what" in
     rm -rf "$work"
     mkdir -p "$work"
     cmake --install "$build" --prefix "$prefix" >/dev/null
-    [[ -x "$tloop" && -f "$prefix/lib/cmake/tloop/tloopConfig.cmake" && -f "$prefix/include/tloop/plugin.h" ]] ||
-      fail "install is incomplete"
-    "$tloop" plugins | grep -q "^digits_cnn .*$prefix/lib/tloop/plugins/digits_cnn.so" ||
+    # lib, lib64 or lib/<multiarch>: whatever GNUInstallDirs chose here.
+    [[ -x "$tloop" && -n "$(ls "$prefix"/lib*/cmake/tloop/tloopConfig.cmake "$prefix"/lib/*/cmake/tloop/tloopConfig.cmake 2>/dev/null)" &&
+       -f "$prefix/include/tloop/plugin.h" ]] || fail "install is incomplete"
+    "$tloop" plugins | grep -qE "^digits_cnn .*$prefix/lib[^ ]*/tloop/plugins/digits_cnn\.so" ||
       fail "the installed tloop does not find its installed plugins"
     ;;
   hook_cpp)
@@ -64,7 +65,8 @@ case "$what" in
     ;;
   pkg_config)
     mkdir -p "$work/pkgconfig_plugin"
-    cflags=$(PKG_CONFIG_PATH="$prefix/lib/pkgconfig" pkg-config --cflags tloop)
+    cflags=$(PKG_CONFIG_PATH="$(dirname "$(ls "$prefix"/lib*/pkgconfig/tloop.pc "$prefix"/lib/*/pkgconfig/tloop.pc 2>/dev/null | head -1)")" \
+             pkg-config --cflags tloop)
     cc -shared -fPIC -fvisibility=hidden $cflags "$src/examples/hook_c/step_counter.c" \
       -o "$work/pkgconfig_plugin/step_counter.so" || fail "cc with pkg-config --cflags tloop"
     "$tloop" plugins --path "$work/pkgconfig_plugin" | grep -q "^step_counter .*hook" ||
