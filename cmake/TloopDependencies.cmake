@@ -89,14 +89,26 @@ function(_tloop_header_target name alias dir)
   add_library(${alias} ALIAS ${name})
 endfunction()
 
-# ---------------------------------------------------------------- Boost.DLL
-_tloop_find(Boost 1.74)
-if(_tloop_system)
-  _tloop_report("Boost.DLL" "${Boost_VERSION_STRING}" TRUE)
-else()
-  _tloop_header_target(tloop_third_party_boost Boost::headers "${TLOOP_THIRD_PARTY_DIR}/boost/include")
-  _tloop_report("Boost.DLL" "1.74.0" FALSE)
-endif()
+# ---------------------------------------------------------------- Boost.DLL, CLI11, nlohmann_json
+# _tloop_header_dependency(<Pkg> <min version> <label> <system version variable>
+#                          <copy version> <target> <copy include dir>): a header-only
+# dependency whose copy needs nothing but its include directory. A macro, as _tloop_find.
+macro(_tloop_header_dependency pkg min label version_var copy_version alias dir)
+  _tloop_find(${pkg} ${min})
+  if(_tloop_system)
+    _tloop_report("${label}" "${${version_var}}" TRUE)
+  else()
+    string(TOLOWER "tloop_third_party_${pkg}" _tloop_name)
+    _tloop_header_target(${_tloop_name} ${alias} "${dir}")
+    _tloop_report("${label}" "${copy_version}" FALSE)
+  endif()
+endmacro()
+
+_tloop_header_dependency(Boost 1.74 "Boost.DLL" Boost_VERSION_STRING 1.74.0 Boost::headers
+                         "${TLOOP_THIRD_PARTY_DIR}/boost/include")
+_tloop_header_dependency(CLI11 2.1 CLI11 CLI11_VERSION 2.1.2 CLI11::CLI11 "${TLOOP_THIRD_PARTY_DIR}/cli11/include")
+_tloop_header_dependency(nlohmann_json 3.11 nlohmann_json nlohmann_json_VERSION 3.11.2 nlohmann_json::nlohmann_json
+                         "${TLOOP_THIRD_PARTY_DIR}/nlohmann_json/include")
 
 # ---------------------------------------------------------------- TOML++
 _tloop_find_linked(tomlplusplus 3.3)
@@ -121,15 +133,6 @@ else()
   _tloop_report("spdlog" "1.10.0 (bundled fmt 8.1.1)" FALSE)
 endif()
 
-# ---------------------------------------------------------------- CLI11
-_tloop_find(CLI11 2.1)
-if(_tloop_system)
-  _tloop_report("CLI11" "${CLI11_VERSION}" TRUE)
-else()
-  _tloop_header_target(tloop_third_party_cli11 CLI11::CLI11 "${TLOOP_THIRD_PARTY_DIR}/cli11/include")
-  _tloop_report("CLI11" "2.1.2" FALSE)
-endif()
-
 # ---------------------------------------------------------------- doctest
 if(NOT DEFINED TLOOP_BUILD_TESTS OR TLOOP_BUILD_TESTS)
   _tloop_find(doctest 2.4)
@@ -142,16 +145,6 @@ if(NOT DEFINED TLOOP_BUILD_TESTS OR TLOOP_BUILD_TESTS)
     list(APPEND CMAKE_MODULE_PATH "${TLOOP_THIRD_PARTY_DIR}/doctest/scripts/cmake")
     _tloop_report("doctest" "2.4.9" FALSE)
   endif()
-endif()
-
-# ---------------------------------------------------------------- nlohmann_json
-_tloop_find(nlohmann_json 3.11)
-if(_tloop_system)
-  _tloop_report("nlohmann_json" "${nlohmann_json_VERSION}" TRUE)
-else()
-  _tloop_header_target(tloop_third_party_nlohmann_json nlohmann_json::nlohmann_json
-                       "${TLOOP_THIRD_PARTY_DIR}/nlohmann_json/include")
-  _tloop_report("nlohmann_json" "3.11.2" FALSE)
 endif()
 
 # ---------------------------------------------------------------- zlib
