@@ -101,16 +101,6 @@ void check_params_on_cuda(tloop::Run& run) {
 
 std::string log_text(const fs::path& log) { return fs::exists(log) ? test::read_file(log) : std::string(); }
 
-// Waits for a spawned run to end (killed and failed at the deadline); its exit code.
-int finish(pid_t pid, const fs::path& log) {
-  try {
-    test::wait_until([&] { return test::has_exited(pid); }, "end of the run", pid);
-  } catch (const std::exception& e) {
-    FAIL(e.what(), "; its output:\n", log_text(log));
-  }
-  return test::wait_exit(pid);
-}
-
 // Lets the running `pid` go on until `latest` names a step >= min_checkpoint and
 // metrics.jsonl shows a step after that checkpoint (work the kill will lose);
 // then SIGKILLs it. Returns the checkpoint step and the last logged step, as
@@ -290,9 +280,12 @@ TEST_CASE("cuda: a run SIGKILLed after checkpoints resumes the CUDA RNG to bit-i
   // Life 3: resumes and finishes at N, well after everything logged so far.
   const int64_t n = std::max({ckpt2, logged1, logged2}) + 60;
   test::write_file(dir / "final.toml", spec(ws, n));
-  REQUIRE(finish(test::spawn(dir / "final.toml", log), log) == 0);
+  // A run to its end is bounded by ctest's TIMEOUT, not by a deadline of ours:
+  // how long it takes is up to the machine.
+  const int final_code = test::wait_exit(test::spawn(dir / "final.toml", log));
   const std::string text = log_text(log);
   INFO(text);
+  REQUIRE(final_code == 0);
   CHECK(text.find("checkpointing: resumed from " + (ws / "checkpoints" / std::to_string(ckpt1)).string()) !=
         std::string::npos);
   CHECK(text.find("checkpointing: resumed from " + (ws / "checkpoints" / std::to_string(ckpt2)).string()) !=
@@ -301,7 +294,11 @@ TEST_CASE("cuda: a run SIGKILLed after checkpoints resumes the CUDA RNG to bit-i
   // The uninterrupted reference.
   const fs::path ref = dir / "ref";
   test::write_file(dir / "ref.toml", spec(ref, n));
-  REQUIRE(finish(test::spawn(dir / "ref.toml", dir / "ref.log"), dir / "ref.log") == 0);
+  {
+    const int ref_code = test::wait_exit(test::spawn(dir / "ref.toml", dir / "ref.log"));
+    INFO(log_text(dir / "ref.log"));
+    REQUIRE(ref_code == 0);
+  }
 
   const auto reference = test::logged(ref / "metrics.jsonl", "train/loss");
   const auto faulty = test::logged(ws / "metrics.jsonl", "train/loss");
