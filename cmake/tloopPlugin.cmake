@@ -39,9 +39,43 @@ function(tloop_add_plugin name)
     target_link_libraries(${name} PRIVATE torch)
   endif()
   # Every symbol resolved at link time: a missing one fails the build, not the run.
-  target_link_options(${name} PRIVATE "LINKER:--no-undefined")
+  # What static libraries bring in (zlib, ...) stays private to the plugin, so
+  # that no other library's copy of those symbols can stand in for them.
+  target_link_options(${name} PRIVATE "LINKER:--no-undefined" "LINKER:--exclude-libs,ALL")
+  if(CMAKE_CXX_COMPILER_LOADED)
+    tloop_link_shared_libstdcxx_first(${name} PRIVATE)
+  endif()
   if(ARG_INSTALL_DESTINATION)
     install(TARGETS ${name} LIBRARY DESTINATION ${ARG_INSTALL_DESTINATION})
+  endif()
+endfunction()
+
+# tloop_link_shared_libstdcxx_first(<target> PRIVATE|INTERFACE)
+#
+# Links <target> (or, with INTERFACE, whoever links it) to the shared
+# libstdc++.so.6 ahead of everything else, so that the C++ standard library's
+# symbols bind to it. The torch wheel's libtorch.so and libtorch_cpu.so export
+# statically linked copies of std::filesystem (pytorch/pytorch#133437), and
+# libtorch.so's is incomplete: std::filesystem::remove_all there jumps to
+# address 0. A program that finds libtorch.so first calls it. That happens
+# when libstdc++ comes after LibTorch in the link, and always with a compiler
+# that links libstdc++ statically (then the link takes whatever it meets first
+# on the command line, libtorch.so, and no libstdc++.so is loaded ahead of it).
+# LibTorch itself needs libstdc++.so.6, so naming it costs nothing.
+function(tloop_link_shared_libstdcxx_first target scope)
+  if(NOT DEFINED TLOOP_SHARED_LIBSTDCXX_LINKS)
+    include(CheckCXXSourceCompiles)
+    set(CMAKE_REQUIRED_LINK_OPTIONS "-Wl,--push-state,--no-as-needed" "-l:libstdc++.so.6" "-Wl,--pop-state")
+    set(CMAKE_REQUIRED_QUIET ON)
+    check_cxx_source_compiles("#include <string>\nint main() { return static_cast<int>(std::string(\"x\").size()) - 1; }"
+                              TLOOP_SHARED_LIBSTDCXX_LINKS)
+    if(NOT TLOOP_SHARED_LIBSTDCXX_LINKS)
+      message(WARNING "tloop: the C++ compiler cannot link libstdc++.so.6 by name (-l:libstdc++.so.6); "
+                      "programs and plugins may bind std:: symbols to LibTorch's partial copies and crash")
+    endif()
+  endif()
+  if(TLOOP_SHARED_LIBSTDCXX_LINKS)
+    target_link_options(${target} ${scope} "LINKER:--push-state,--no-as-needed" "-l:libstdc++.so.6" "LINKER:--pop-state")
   endif()
 endfunction()
 

@@ -183,7 +183,7 @@ void Run::load_run_state(const StateDict& state) {
     at::NoGradGuard no_grad;
     for (const auto* list : {&host_->parameters(), &host_->buffers()})
       for (const auto& [name, t] : *list) {
-        const at::Tensor& saved = state_get<at::Tensor>(state, "model/" + name);
+        const at::Tensor saved = state_get<at::Tensor>(state, "model/" + name);
         if (saved.sizes() != t.sizes())
           throw std::runtime_error(tloop::str("model/", name, " has shape ", saved.sizes(), " in the checkpoint but ",
                                        t.sizes(), " in the model"));

@@ -116,7 +116,7 @@ std::pair<int64_t, int64_t> kill_after_progress(pid_t pid, const fs::path& ws, c
         },
         "checkpoint >= " + std::to_string(min_checkpoint) + " with a logged step after it", pid);
   } catch (const std::exception& e) {
-    FAIL(e.what(), "; its output:\n", log_text(log));
+    FAIL(std::string(e.what()), "; its output:\n", log_text(log));
   }
   REQUIRE(kill(pid, SIGKILL) == 0);
   CHECK(test::wait_exit(pid) == 128 + SIGKILL);
