@@ -162,8 +162,13 @@ struct HostApi {
 
   static tloop_status log_metrics(tloop_host* h, const tloop_metric* m, size_t n) {
     try {
+      if (n > 0 && (m == nullptr || m[0].struct_size < offsetof(tloop_metric, value) + sizeof(double)))
+        throw std::invalid_argument("log_metrics: the metrics array is missing or its struct_size is too small");
       Metrics metrics;
-      for (size_t i = 0; i < n; ++i) metrics.emplace_back(m[i].key ? m[i].key : "", m[i].value);
+      for (size_t i = 0; i < n; ++i) {
+        const tloop_metric& metric = *TLOOP_ARRAY_AT(tloop_metric, m, i);
+        metrics.emplace_back(metric.key ? metric.key : "", metric.value);
+      }
       H(h).log_metrics(metrics);
       return TLOOP_OK;
     } catch (const std::exception& e) {
@@ -330,7 +335,11 @@ struct HostApi {
     }
   }
   static int32_t pending_signal(tloop_host*) { return tloop::pending_signal(); }
-  static void request_exit(tloop_host* h, int32_t code) { H(h).exit_request_ = code; }
+  static void request_exit(tloop_host* h, int32_t code) {
+    if (!H(h).exit_request_) H(h).exit_request_ = code;  // the first request wins
+  }
+  // No extension is provided yet; docs/abi.md lists the ids planned.
+  static const void* get_extension(tloop_host*, const char*) { return nullptr; }
 
   static const tloop_host_api* table() {
     static const tloop_host_api api = {
@@ -382,6 +391,7 @@ struct HostApi {
         &pending_signal,
         &request_exit,
         &option_int_list,
+        &get_extension,
     };
     return &api;
   }
@@ -423,12 +433,20 @@ void Host::log_metrics(const Metrics& metrics) {
 
 void Host::log_images(const tloop_image* images, size_t count) {
   if (dispatching_) throw std::logic_error("log_images called from inside on_log or on_log_images");
+  if (count > 0 && (images == nullptr || images[0].struct_size < offsetof(tloop_image, pixels) + sizeof(void*)))
+    throw std::invalid_argument("log_images: the images array is missing or its struct_size is too small");
+  // Copied at this host's element size: the writer's may be larger (a newer
+  // minor), and hooks built for 1.2 or older index with their own sizeof.
+  std::vector<tloop_image> copies;
+  copies.reserve(count);
   for (size_t i = 0; i < count; ++i) {
-    const tloop_image& im = images[i];
+    tloop_image im = *TLOOP_ARRAY_AT(tloop_image, images, i);
+    im.struct_size = sizeof(tloop_image);
     if (!im.key || !im.pixels || im.width <= 0 || im.height <= 0 ||
         (im.channels != 1 && im.channels != 3 && im.channels != 4) ||
         im.row_stride < static_cast<int64_t>(im.width) * im.channels)
       throw std::invalid_argument(str("log_images: image ", i, " ('", im.key ? im.key : "", "') is malformed"));
+    copies.push_back(im);
   }
   if (!hooks_) return;
   dispatching_ = true;
@@ -436,7 +454,7 @@ void Host::log_images(const tloop_image* images, size_t count) {
     bool& flag;
     ~Reset() { flag = false; }
   } reset{dispatching_};
-  for (const auto& hook : *hooks_) hook->on_log_images(images, count);
+  for (const auto& hook : *hooks_) hook->on_log_images(copies.data(), copies.size());
 }
 
 // ------------------------------------------------------------------ instances

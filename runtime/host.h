@@ -85,7 +85,7 @@ class Host {
   void set_param_groups(const ParamGroups* groups) { param_groups_ = groups; }
   const ParamGroups* param_groups() const { return param_groups_; }
 
-  /// Hooks that receive log / log_images, in spec order.
+  /// Hooks that receive log / log_images, in dispatch order.
   void set_hooks(const std::vector<std::unique_ptr<HookInstance>>* hooks) { hooks_ = hooks; }
   /// Built-in receivers of every log call (e.g. metrics.jsonl).
   void add_metrics_sink(MetricsSink sink) { sinks_.push_back(std::move(sink)); }
@@ -155,6 +155,7 @@ class PluginInstance {
 class HookInstance : public PluginInstance {
  public:
   HookInstance(const LoadedPlugin& plugin, Host& host, const toml::table& options, std::string label);
+  tloop_hook_phase phase() const { return plugin_.phase; }
   void resume();
   void before_train();
   void before_step();

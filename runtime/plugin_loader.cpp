@@ -19,6 +19,27 @@ const char* kind_name(tloop_plugin_kind kind) { return kind == TLOOP_KIND_TASK ?
 
 const char* host_torch_version() { return TORCH_VERSION; }
 
+const char* phase_name(tloop_hook_phase phase) {
+  switch (phase) {
+    case TLOOP_PHASE_MEASURE: return "measure";
+    case TLOOP_PHASE_UPDATE: return "update";
+    case TLOOP_PHASE_EVALUATE: return "evaluate";
+    case TLOOP_PHASE_MONITOR: return "monitor";
+    case TLOOP_PHASE_SAVE: return "save";
+    case TLOOP_PHASE_LOG: return "log";
+  }
+  return "?";
+}
+
+std::vector<size_t> dispatch_order(const std::vector<tloop_hook_phase>& phases) {
+  // measure, update, evaluate, monitor, save, log (update is 0 to be the default).
+  auto rank = [](tloop_hook_phase p) { return p == TLOOP_PHASE_MEASURE ? -1 : static_cast<int>(p); };
+  std::vector<size_t> order(phases.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return rank(phases[a]) < rank(phases[b]); });
+  return order;
+}
+
 namespace {
 
 // Libraries stay loaded until the process exits: plugin instances, tensors
@@ -31,8 +52,17 @@ std::vector<boost::dll::shared_library>& libraries() {
 
 Schema schema_from(const tloop_plugin_descriptor& d, const std::string& where) {
   Schema schema;
+  if (d.option_count > 0 && d.options == nullptr) throw PluginLoadError(where + ": its options array is missing");
+  // Elements are read with the writer's struct_size as the stride (ABI 1.3):
+  // it may have grown; it may not be smaller than the members we read.
+  const uint32_t stride = d.option_count > 0 ? d.options[0].struct_size : 0;
+  if (d.option_count > 0 && stride < offsetof(tloop_option_desc, choices) + sizeof(const char*))
+    throw PluginLoadError(where + ": its options have struct_size " + std::to_string(stride) + ", less than any ABI's");
   for (uint32_t i = 0; i < d.option_count; ++i) {
-    const tloop_option_desc& o = d.options[i];
+    const tloop_option_desc& o = *TLOOP_ARRAY_AT(tloop_option_desc, d.options, i);
+    if (o.struct_size != stride)
+      throw PluginLoadError(where + ": option " + std::to_string(i) + " has struct_size " + std::to_string(o.struct_size) +
+                            ", but the first has " + std::to_string(stride) + " (an array's elements share one size)");
     if (o.name == nullptr || *o.name == '\0') throw PluginLoadError(where + ": option " + std::to_string(i) + " has no name");
     if (std::strcmp(o.name, "plugin") == 0 || std::strcmp(o.name, "key") == 0)
       throw PluginLoadError(where + ": option '" + o.name + "' is reserved by the run spec");
@@ -101,8 +131,15 @@ void Catalog::load_file(const fs::path& file) {
     } else {
       throw PluginLoadError(where + " has an unknown kind " + std::to_string(static_cast<int>(d->kind)));
     }
+    tloop_hook_phase phase = TLOOP_PHASE_UPDATE;  // hooks built for 1.2 or older
+    if (d->kind == TLOOP_KIND_HOOK && info->abi_minor >= 3 && TLOOP_HAS_MEMBER(d->hook, tloop_hook_vtable, phase)) {
+      if (d->hook->phase < TLOOP_PHASE_UPDATE || d->hook->phase > TLOOP_PHASE_LOG)
+        throw PluginLoadError(where + " declares phase " + std::to_string(d->hook->phase) + ", not a tloop_hook_phase (" +
+                              std::to_string(TLOOP_PHASE_UPDATE) + " to " + std::to_string(TLOOP_PHASE_LOG) + ")");
+      phase = static_cast<tloop_hook_phase>(d->hook->phase);
+    }
     found.push_back({d->name, d->kind, d->version ? d->version : "", d->description ? d->description : "", shown,
-                     schema_from(*d, where), d, info->abi_minor});
+                     schema_from(*d, where), d, info->abi_minor, phase});
   }
   for (size_t i = 0; i < found.size(); ++i) {
     const LoadedPlugin* existing = find(found[i].name);

@@ -29,12 +29,20 @@ struct LoadedPlugin {
   Schema schema;
   const tloop_plugin_descriptor* descriptor;  // owned by the library, which is never unloaded
   uint32_t abi_minor;                         // of the library
+  tloop_hook_phase phase = TLOOP_PHASE_UPDATE;  // hooks: when they run among the others
 };
 
 const char* kind_name(tloop_plugin_kind kind);
 
 /// The LibTorch version this host was built against ("2.11.0").
 const char* host_torch_version();
+
+/// "measure", "update", ... as `tloop describe` and the docs name phases.
+const char* phase_name(tloop_hook_phase phase);
+
+/// The order in which the host calls hooks listed with these phases: by
+/// phase, and within a phase in list order. Returns list indices.
+std::vector<size_t> dispatch_order(const std::vector<tloop_hook_phase>& phases);
 
 class Catalog {
  public:

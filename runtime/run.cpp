@@ -84,7 +84,14 @@ void Run::execute() {
 
   task_ = std::make_unique<TaskInstance>(*catalog_.find(s.task.plugin), *host_, s.task.options,
                                          "task (" + s.task.plugin + ")");
-  for (const auto& use : s.hooks) {
+  // Hooks are called phase by phase (measure, update, evaluate, monitor,
+  // save, log), in spec order within a phase: the order below is the one
+  // every event uses, so a checkpoint never depends on where the spec lists
+  // a hook.
+  std::vector<tloop_hook_phase> phases;
+  for (const auto& use : s.hooks) phases.push_back(catalog_.find(use.plugin)->phase);
+  for (size_t i : dispatch_order(phases)) {
+    const auto& use = s.hooks[i];
     hooks_.push_back(std::make_unique<HookInstance>(*catalog_.find(use.plugin), *host_, use.options,
                                                     use.key_path + " (" + use.plugin + ")"));
     hook_state_keys_.push_back(use.state_key);

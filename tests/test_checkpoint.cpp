@@ -306,3 +306,32 @@ TEST_CASE("regression_mlp's dropout and input noise, drawn during training, resu
   // The options are really on: the same run without them has other losses.
   CHECK(losses(dir / "plain" / "metrics.jsonl").at(20) != reference.at(20));
 }
+
+TEST_CASE("with checkpointing listed before ema, a killed and resumed run ends with the uninterrupted run's EMA") {
+  // The spec lists checkpointing first. Hooks run by phase (ema updates,
+  // then checkpointing saves), so checkpoint N holds the EMA of step N and
+  // the resumed run averages exactly the steps the uninterrupted one does.
+  TempDir dir;
+  auto spec = [&](const fs::path& ws, int64_t steps) {
+    return "[run]\nworkspace = \"" + ws.string() + "\"\n[trainer]\nmax_steps = " + std::to_string(steps) +
+           "\n[task]\nplugin = \"regression_mlp\"\nhidden_dim = 64\n[optimizer]\ntype = \"adamw\"\nlr = 0.003\n"
+           "[[hooks]]\nplugin = \"checkpointing\"\ninterval = 5\n"
+           "[[hooks]]\nplugin = \"ema\"\ndecay = 0.9\n"
+           "[[hooks]]\nplugin = \"logging\"\ninterval = 1\n";
+  };
+  const fs::path ws = dir / "killed";
+  test::write_file(dir / "endless.toml", spec(ws, kEndless));
+  stop_at(dir / "endless.toml", ws / "metrics.jsonl", dir / "killed.log", 12, SIGKILL);
+  const int64_t resumed_from = test::latest_step(ws);
+  REQUIRE(resumed_from >= 10);
+  const int64_t n = resumed_from + 10;
+  test::write_file(dir / "final.toml", spec(ws, n));
+  REQUIRE(wait_exit(spawn(dir / "final.toml", dir / "final.log")) == 0);
+  CHECK(test::read_file(dir / "final.log")
+            .find("checkpointing: resumed from " + (ws / "checkpoints" / std::to_string(resumed_from)).string()) !=
+        std::string::npos);
+  test::write_file(dir / "ref.toml", spec(dir / "ref", n));
+  REQUIRE(wait_exit(spawn(dir / "ref.toml", dir / "ref.log")) == 0);
+  test::check_same_tensors(dir / "ref" / "ema_model.pt", ws / "ema_model.pt");
+  check_same_model(dir / "ref" / "checkpoints" / std::to_string(n), ws / "checkpoints" / std::to_string(n));
+}

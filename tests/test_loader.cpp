@@ -1,7 +1,13 @@
 // The loader refuses every library it cannot use, with a message naming the file.
 #include "support.h"
 
+#include "text.h"
+
 #include <doctest/doctest.h>
+#include <toml++/toml.h>
+
+#include <algorithm>
+#include <map>
 
 using test::TempDir;
 
@@ -93,23 +99,27 @@ TEST_CASE("a refused library on the plugin path stops a run with exit code 2") {
   CHECK_FALSE(std::filesystem::exists(dir / "ws"));
 }
 
-TEST_CASE("plugins built against the frozen v1.0 and v1.1 headers load and work in the current host") {
+TEST_CASE("plugins built against the frozen v1.0, v1.1 and v1.2 headers load and work in the current host") {
   TempDir dir;
-  const std::string v10 = (dir / "v1_0.txt").string(), v11 = (dir / "v1_1.txt").string();
+  const std::string v10 = (dir / "v1_0.txt").string(), v11 = (dir / "v1_1.txt").string(),
+                    v12 = (dir / "v1_2.txt").string();
   auto run = test::train(dir, std::string("[plugins]\npaths = [\"") + TLOOP_TEST_PLUGIN_DIR +
                                   "\"]\n[trainer]\nmax_steps = 2\n[task]\nplugin = \"regression_mlp\"\n"
                                   "[[hooks]]\nplugin = \"logging\"\ninterval = 1\n"
                                   "[[hooks]]\nplugin = \"frozen_v1_0_hook\"\nfile = \"" + v10 + "\"\n"
-                                  "[[hooks]]\nplugin = \"frozen_v1_1_hook\"\nfile = \"" + v11 + "\"\n");
+                                  "[[hooks]]\nplugin = \"frozen_v1_1_hook\"\nfile = \"" + v11 + "\"\n"
+                                  "[[hooks]]\nplugin = \"frozen_v1_2_hook\"\nfile = \"" + v12 + "\"\n");
+  // Hooks built for 1.2 or older have the update phase: their after_step
+  // comes before logging's (the log phase), which logs the step.
   const std::vector<std::string> events = {"before_train 0",
                                            "before_step 1",
                                            "before_optimizer_step 1 loss",
-                                           "on_log 1 loss",
                                            "after_step 1 loss",
+                                           "on_log 1 loss",
                                            "before_step 2",
                                            "before_optimizer_step 2 loss",
-                                           "on_log 2 loss",
                                            "after_step 2 loss",
+                                           "on_log 2 loss",
                                            "after_train 2 loss"};
   INFO(test::read_file(v10));
   CHECK(test::read_lines(v10) == events);
@@ -118,6 +128,89 @@ TEST_CASE("plugins built against the frozen v1.0 and v1.1 headers load and work 
   with_resume.insert(with_resume.end(), events.begin(), events.end());
   INFO(test::read_file(v11));
   CHECK(test::read_lines(v11) == with_resume);
-  CHECK(std::get<int64_t>(run->plugin_state().at("hooks/frozen_v1_0_hook/events")) == 1);
-  CHECK(std::get<int64_t>(run->plugin_state().at("hooks/frozen_v1_1_hook/events")) == 1);
+  // 1.2 added finish, with the exit code, once training has ended.
+  std::vector<std::string> with_finish = with_resume;
+  with_finish.push_back("finish 2 exit 0");
+  INFO(test::read_file(v12));
+  CHECK(test::read_lines(v12) == with_finish);
+  for (const char* hook : {"frozen_v1_0_hook", "frozen_v1_1_hook", "frozen_v1_2_hook"})
+    CHECK(std::get<int64_t>(run->plugin_state().at(std::string("hooks/") + hook + "/events")) == 1);
+}
+
+TEST_CASE("an array of options is read with its elements' struct_size, so a later minor may grow them") {
+  tloop::Catalog catalog;
+  catalog.load_file(bad("grown_options"));
+  const tloop::LoadedPlugin* p = catalog.find("grown_options");
+  REQUIRE(p != nullptr);
+  REQUIRE(p->schema.size() == 2);
+  CHECK(p->schema[0].name == "alpha");
+  CHECK(p->schema[0].doc == "first option");
+  CHECK(p->schema[0].max == 10.0);
+  CHECK(p->schema[1].name == "beta");
+  CHECK(p->schema[1].choices == std::vector<std::string>{"x", "y"});
+}
+
+TEST_CASE("a hook declares its phase, hooks that declare none update, and an unknown phase is refused") {
+  tloop::Catalog catalog;
+  catalog.load_file(bad("save_phase"));
+  catalog.load_file(bad("good_c_hook"));  // built against this header, leaves `phase` zero
+  CHECK(catalog.find("save_phase")->phase == TLOOP_PHASE_SAVE);
+  CHECK(catalog.find("good_c_hook")->phase == TLOOP_PHASE_UPDATE);
+  const std::string msg = load_error(bad("bad_phase"));
+  CHECK(msg == bad("bad_phase") + ": plugin 'bad_phase' declares phase 9, not a tloop_hook_phase (0 to 5)");
+  // Built against the frozen 1.2 header, which has no phase: update.
+  const tloop::Catalog frozen = tloop::load_catalog({TLOOP_TEST_PLUGIN_DIR});
+  CHECK(frozen.find("frozen_v1_2_hook")->phase == TLOOP_PHASE_UPDATE);
+}
+
+TEST_CASE("every permutation of the default hooks and checkpointing runs measure, update, save, then log") {
+  const tloop::Catalog catalog = tloop::load_catalog({});
+  const toml::table spec = toml::parse_file(std::string(TLOOP_SOURCE_DIR) + "/configs/default.toml");
+  std::vector<std::string> names;
+  for (const auto& hook : *spec["hooks"].as_array()) names.push_back(*(*hook.as_table())["plugin"].value<std::string>());
+  names.push_back("checkpointing");
+  REQUIRE(names.size() == 8);
+  const std::map<std::string, tloop_hook_phase> declared = {
+      {"cuda_max_memory", TLOOP_PHASE_MEASURE}, {"ema", TLOOP_PHASE_UPDATE},   {"checkpointing", TLOOP_PHASE_SAVE},
+      {"progress", TLOOP_PHASE_LOG},            {"logging", TLOOP_PHASE_LOG},  {"image_files", TLOOP_PHASE_LOG},
+      {"tensorboard", TLOOP_PHASE_LOG},         {"wandb", TLOOP_PHASE_LOG}};
+  for (const auto& name : names) {
+    INFO(name);
+    REQUIRE(declared.count(name) == 1);
+    CHECK(catalog.find(name)->phase == declared.at(name));
+  }
+  // For every order a spec could list them in: cuda_max_memory adds its step
+  // info first, ema updates before checkpointing saves, and every log-phase
+  // hook comes last, in the spec's order.
+  std::sort(names.begin(), names.end());
+  size_t permutations = 0;
+  std::string failed;
+  do {
+    ++permutations;
+    std::vector<tloop_hook_phase> phases;
+    for (const auto& n : names) phases.push_back(catalog.find(n)->phase);
+    const std::vector<size_t> order = tloop::dispatch_order(phases);
+    std::map<std::string, size_t> at;
+    for (size_t k = 0; k < order.size(); ++k) at[names[order[k]]] = k;
+    bool ok = at["cuda_max_memory"] == 0 && at["ema"] == 1 && at["checkpointing"] == 2;
+    for (size_t i = 0; i < names.size(); ++i)
+      for (size_t j = i + 1; j < names.size(); ++j)
+        if (phases[i] == phases[j] && at[names[i]] > at[names[j]]) ok = false;  // list order within a phase
+    if (!ok && failed.empty()) failed = tloop::join(names, ", ");
+  } while (std::next_permutation(names.begin(), names.end()));
+  CHECK(permutations == 40320);
+  CHECK_MESSAGE(failed.empty(), "wrong dispatch order for the list: ", failed);
+}
+
+TEST_CASE("a plugin that asks for an extension the host lacks gets none and runs without it") {
+  TempDir dir;
+  const std::string events = (dir / "events.txt").string();
+  test::train(dir, std::string("[plugins]\npaths = [\"") + TLOOP_TEST_PLUGIN_DIR +
+                       "\"]\n[trainer]\nmax_steps = 2\n[task]\nplugin = \"regression_mlp\"\n"
+                       "[[hooks]]\nplugin = \"event_recorder\"\nquery_extension = \"tloop.no_such_extension/1\"\n"
+                       "file = \"" + events + "\"\n");
+  const auto lines = test::read_lines(events);
+  REQUIRE(!lines.empty());
+  CHECK(lines.front() == "hook extension 0 tloop.no_such_extension/1 absent");
+  CHECK(lines.back() == "hook finish 2 0");
 }

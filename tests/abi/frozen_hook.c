@@ -8,13 +8,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if TLOOP_ABI_VERSION_MAJOR != 1 || TLOOP_ABI_VERSION_MINOR > 1
-#error "this plugin must be built against a frozen 1.0 or 1.1 header"
+#if TLOOP_ABI_VERSION_MAJOR != 1 || TLOOP_ABI_VERSION_MINOR > 2
+#error "this plugin must be built against a frozen 1.0, 1.1 or 1.2 header"
 #endif
 #if TLOOP_ABI_VERSION_MINOR == 0
 #define FROZEN_NAME "frozen_v1_0_hook"
-#else
+#elif TLOOP_ABI_VERSION_MINOR == 1
 #define FROZEN_NAME "frozen_v1_1_hook"
+#else
+#define FROZEN_NAME "frozen_v1_2_hook"
 #endif
 
 typedef struct recorder {
@@ -64,6 +66,14 @@ static tloop_status after_train(void* s, const tloop_context* c) { return event(
 #if TLOOP_ABI_VERSION_MINOR >= 1
 static tloop_status resume(void* s, const tloop_context* c) { return event(s, c, "resume"); }
 #endif
+#if TLOOP_ABI_VERSION_MINOR >= 2
+static tloop_status finish(void* s, const tloop_context* c, int32_t exit_code) {
+  recorder* r = s;
+  fprintf(r->out, "finish %lld exit %d\n", (long long)c->api->step(c->host), (int)exit_code);
+  fflush(r->out);
+  return TLOOP_OK;
+}
+#endif
 static tloop_status on_log(void* s, const tloop_context* c, const tloop_metric* m, size_t n) {
   (void)m;
   (void)n;
@@ -83,6 +93,9 @@ static const tloop_hook_vtable vtable = {
     after_step,                after_train, on_log,      NULL,         state_dict,  NULL,
 #if TLOOP_ABI_VERSION_MINOR >= 1
     resume,
+#endif
+#if TLOOP_ABI_VERSION_MINOR >= 2
+    finish,
 #endif
 };
 

@@ -3,7 +3,11 @@
  *   VARIANT_ABI_MAJOR / VARIANT_ABI_MINOR  the ABI version it claims
  *   VARIANT_TORCH                          the LibTorch version it claims (or none)
  *   VARIANT_NAME                           the plugin's name
- *   VARIANT_NO_ENTRY                       export no entry point at all */
+ *   VARIANT_NO_ENTRY                       export no entry point at all
+ *   VARIANT_GROWN_OPTIONS                  two options in elements larger than
+ *                                          this header's tloop_option_desc, as
+ *                                          a newer minor could write them
+ *   VARIANT_PHASE                          the phase it declares (default: none) */
 #include <tloop/plugin.h>
 
 #ifndef VARIANT_ABI_MAJOR
@@ -28,11 +32,33 @@ static tloop_status create(const tloop_context* ctx, const tloop_options* option
 
 static void destroy(void* self) { (void)self; }
 
+#ifdef VARIANT_PHASE
+static const tloop_hook_vtable vtable = {
+    .struct_size = sizeof(tloop_hook_vtable), .create = create, .destroy = destroy, .phase = VARIANT_PHASE};
+#else
 static const tloop_hook_vtable vtable = {.struct_size = sizeof(tloop_hook_vtable), .create = create, .destroy = destroy};
+#endif
+
+#ifdef VARIANT_GROWN_OPTIONS
+/* A later minor's option element: this header's members, then one more. */
+typedef struct grown_option {
+  tloop_option_desc desc;
+  double added_later;
+} grown_option;
+static const grown_option grown[] = {
+    {{sizeof(grown_option), "alpha", TLOOP_TYPE_INT, "3", "first option", 1, 0, 1, 10, NULL}, 1.5},
+    {{sizeof(grown_option), "beta", TLOOP_TYPE_STRING, "\"x\"", "second option", 0, 0, 0, 0, "x|y"}, 2.5},
+};
+#define VARIANT_OPTIONS (&grown[0].desc)
+#define VARIANT_OPTION_COUNT 2
+#else
+#define VARIANT_OPTIONS NULL
+#define VARIANT_OPTION_COUNT 0
+#endif
 
 static const tloop_plugin_descriptor descriptor = {
-    sizeof(tloop_plugin_descriptor), VARIANT_NAME, TLOOP_KIND_HOOK, "0.1.0", "loader test plugin", NULL, 0, &vtable,
-    NULL};
+    sizeof(tloop_plugin_descriptor), VARIANT_NAME, TLOOP_KIND_HOOK, "0.1.0", "loader test plugin", VARIANT_OPTIONS,
+    VARIANT_OPTION_COUNT, &vtable, NULL};
 
 static const tloop_plugin_descriptor* const plugins[] = {&descriptor};
 

@@ -10,6 +10,9 @@ namespace {
 
 class EventRecorder : public tloop::Hook {
  public:
+  // An observer: it runs after every other hook, and sees what they did.
+  static constexpr tloop_hook_phase phase = TLOOP_PHASE_LOG;
+
   static tloop::PluginInfo info() {
     return {"event_recorder",
             "1.0.0",
@@ -17,17 +20,24 @@ class EventRecorder : public tloop::Hook {
             {tloop::required("file", TLOOP_TYPE_STRING, "file the events are appended to"),
              tloop::option("label", "hook", "name written before each event"),
              tloop::option("step_info", false, "after each step, also write every step-info key and its values"),
-             tloop::option("list_dir", "", "after each step, also write the sorted entries of this directory")}};
+             tloop::option("list_dir", "", "after each step, also write the sorted entries of this directory"),
+             tloop::option("query_extension", "", "before training, ask the host for this extension id and "
+                                                  "write whether it is present")}};
   }
   EventRecorder(tloop::Context&, const tloop::Options& o)
       : out_(o.get_string("file"), std::ios::app),
         label_(o.get_string("label")),
         step_info_(o.get_bool("step_info")),
-        list_dir_(o.get_string("list_dir")) {
+        list_dir_(o.get_string("list_dir")),
+        query_extension_(o.get_string("query_extension")) {
     if (!out_) throw tloop::Error("cannot open " + o.get_string("file"));
   }
 
-  void before_train(tloop::Context& c) override { write(c, "before_train"); }
+  void before_train(tloop::Context& c) override {
+    if (!query_extension_.empty())
+      write(c, "extension", " " + query_extension_ + (c.extension(query_extension_.c_str()) ? " present" : " absent"));
+    write(c, "before_train");
+  }
   void before_step(tloop::Context& c) override { write(c, "before_step"); }
   void before_optimizer_step(tloop::Context& c) override { write(c, "before_optimizer_step"); }
   void after_step(tloop::Context& c) override {
@@ -69,6 +79,7 @@ class EventRecorder : public tloop::Hook {
   std::string label_;
   bool step_info_;
   std::string list_dir_;
+  std::string query_extension_;
 };
 
 }  // namespace

@@ -18,11 +18,31 @@
  *     "not implemented". This is how an old plugin works with a new host.
  *   - Bumping: add at the end, bump the minor, mark the new member
  *     "since 1.N". Never edit a released member.
+ *   - Since 1.3 the core structs no longer grow for new features: a feature
+ *     is an EXTENSION, a frozen struct named by a versioned id string
+ *     ("tloop.<name>/<version>"). The host offers its extensions through
+ *     tloop_host_api.get_extension, a plugin offers its own through its
+ *     vtable's get_extension; both return NULL for an id they do not know,
+ *     and the asking side then does without. An extension is never changed
+ *     once released: a new version is a new id. docs/abi.md lists the ids.
+ *
+ * ARRAYS
+ *   An array of versioned structs (tloop_option_desc[], tloop_metric[],
+ *   tloop_image[]) is written with every element's struct_size equal, and is
+ *   read with that size as the stride (TLOOP_ARRAY_AT), never with the
+ *   reader's own sizeof: a writer built against a newer minor may have grown
+ *   the element. (Through 1.2 readers indexed with their sizeof; the host
+ *   therefore hands a plugin built for 1.2 or older elements of the size that
+ *   plugin knows.)
  *
  * THREAD RULES
- *   Unless a function says otherwise, the host calls every plugin function on
- *   the training thread, one call at a time, and a plugin calls host functions
- *   only from inside such a call, on that thread.
+ *   The host calls every plugin function on the training thread, one call at
+ *   a time. A plugin calls host functions from inside such a call, on that
+ *   thread, except the functions marked [any thread]: those may be called
+ *   from any thread, at any time while the host is alive (a background
+ *   writer releasing tensors, a watchdog reading pending_signal). The state_*
+ *   functions marked [any thread, per state] may run on any thread for a
+ *   state made by state_new, as long as one thread at a time uses that state.
  *
  * ERRORS
  *   Every plugin function that can fail returns tloop_status. On failure it
@@ -48,7 +68,7 @@ extern "C" {
 #endif
 
 #define TLOOP_ABI_VERSION_MAJOR 1
-#define TLOOP_ABI_VERSION_MINOR 2
+#define TLOOP_ABI_VERSION_MINOR 3
 
 /* The one symbol every plugin library exports. */
 #define TLOOP_ENTRY_SYMBOL "tloop_plugin_entry"
@@ -62,6 +82,11 @@ extern "C" {
 /* True when a struct written with `struct_size` bytes contains `member`. */
 #define TLOOP_HAS_MEMBER(ptr, type, member) \
   ((ptr) != NULL && (ptr)->struct_size >= offsetof(type, member) + sizeof(((type*)0)->member))
+
+/* since 1.3: element `index` of an array of versioned structs, stepping by
+ * the struct_size of its first element (see ARRAYS above). */
+#define TLOOP_ARRAY_AT(type, array, index) \
+  ((const type*)((const char*)(array) + (size_t)(index) * (size_t)(array)[0].struct_size))
 
 /* ---------------------------------------------------------------- status */
 
@@ -174,11 +199,13 @@ typedef void (*tloop_tensor_visitor)(void* user, const char* name, tloop_tensor 
 typedef struct tloop_host_api {
   uint32_t struct_size;
 
-  /* Errors and messages. `set_error` copies `message`. */
+  /* Errors and messages. `set_error` copies `message`; it reports the
+   * failure of the plugin call it is made from. */
   void (*set_error)(tloop_host* host, const char* message);
-  void (*log)(tloop_host* host, tloop_log_level level, const char* message);
+  void (*log)(tloop_host* host, tloop_log_level level, const char* message); /* [any thread] */
 
-  /* The run. Strings are BORROWED and valid for the host's lifetime. */
+  /* The run. Strings are BORROWED and valid for the host's lifetime. All
+   * but `step` are fixed for the run: [any thread]. */
   int64_t (*step)(tloop_host* host);      /* last begun step; 0 before the first */
   int64_t (*max_steps)(tloop_host* host);
   int32_t (*rank)(tloop_host* host);
@@ -211,7 +238,8 @@ typedef struct tloop_host_api {
   /* Records of the current micro-step (tasks call it from `forward`). */
   void (*record)(tloop_host* host, const char* key, double value);
 
-  /* Dispatch to every hook's on_log / on_log_images (and the host's own sinks). */
+  /* Dispatch to every hook's on_log / on_log_images (and the host's own
+   * sinks). Arrays are read with their elements' struct_size as the stride. */
   tloop_status (*log_metrics)(tloop_host* host, const tloop_metric* metrics, size_t count);
   tloop_status (*log_images)(tloop_host* host, const tloop_image* images, size_t count);
 
@@ -227,14 +255,15 @@ typedef struct tloop_host_api {
   tloop_status (*register_parameter)(tloop_host* host, const char* name, tloop_tensor tensor /* BORROWED */);
   tloop_status (*register_buffer)(tloop_host* host, const char* name, tloop_tensor tensor /* BORROWED */);
 
-  /* Tensor references. */
+  /* Tensor references. [any thread] */
   tloop_tensor (*tensor_retain)(tloop_tensor tensor); /* returns a NEW REFERENCE to the same tensor */
   void (*tensor_release)(tloop_tensor tensor);        /* drops one reference; NULL is ignored */
 
   /* State dictionaries. Keys are '/'-separated paths under the plugin's own
    * key; put_* copy what they are given (tensors: a new reference is taken).
    * get_* return TLOOP_NOT_FOUND for a missing key; strings and tensors are
-   * BORROWED for the duration of the call. */
+   * BORROWED for the duration of the call. [any thread, per state] for a
+   * state made by state_new; on the training thread for one the host passes. */
   tloop_status (*state_put_tensor)(tloop_state* state, const char* key, tloop_tensor tensor);
   tloop_status (*state_put_int)(tloop_state* state, const char* key, int64_t value);
   tloop_status (*state_put_double)(tloop_state* state, const char* key, double value);
@@ -247,10 +276,11 @@ typedef struct tloop_host_api {
   /* ---- since 1.1: the whole run's state, for checkpointing hooks ---- */
 
   /* A new, empty state dictionary (keys are used as given, no prefix); free
-   * it with state_free. */
+   * it with state_free. [any thread, per state] */
   tloop_state* (*state_new)(tloop_host* host);
   void (*state_free)(tloop_state* state);
-  /* Calls `visit` for every entry, in key order; values are BORROWED. */
+  /* Calls `visit` for every entry, in key order; values are BORROWED.
+   * [any thread, per state] */
   void (*state_visit)(const tloop_state* state, tloop_state_visitor visit, void* user);
   /* Writes the complete state of the run into `out`: "model/<name>"
    * (parameters and buffers), "optimizer/...", "trainer/step", "grad_scaler/...",
@@ -262,12 +292,23 @@ typedef struct tloop_host_api {
   tloop_status (*run_load_state_dict)(tloop_host* host, const tloop_state* in);
   /* The first of SIGINT, SIGTERM, SIGUSR1 or SIGHUP received, or 0. The host's
    * handlers only record it; the loop stops at the next step boundary with
-   * exit code 128+N unless a hook calls request_exit first. */
+   * exit code 128+N unless a hook calls request_exit first. [any thread] */
   int32_t (*pending_signal)(tloop_host* host);
-  /* Ends the run once the current event returns, with this exit code. */
+  /* Ends the run with this exit code at the next step boundary: the step in
+   * progress completes with all its events (after_step included, for every
+   * hook), then no new step begins and after_train is not called; `finish`
+   * receives the code. Asked for before the first step, no step runs. The
+   * first request wins. */
   void (*request_exit)(tloop_host* host, int32_t exit_code);
   /* Like option_string_list, for TLOOP_TYPE_INT_LIST options. */
   tloop_status (*option_int_list)(const tloop_options* options, const char* name, size_t index, int64_t* out);
+
+  /* ---- since 1.3 ---- */
+
+  /* The host's extension named `id` ("tloop.<name>/<version>"): a pointer
+   * to a frozen struct valid for the host's lifetime, or NULL when this host
+   * does not provide it. [any thread] */
+  const void* (*get_extension)(tloop_host* host, const char* id);
 } tloop_host_api;
 
 /* Passed to every plugin call. */
@@ -283,8 +324,26 @@ typedef struct tloop_context {
  * Events, in order: resume (since 1.1); before_train; per step: before_step,
  * before_optimizer_step, after_step; after_train; finish (since 1.2).
  * on_log / on_log_images whenever anything logs.
- * Hooks are called in the order the spec lists them. Any member may be NULL.
+ *
+ * Since 1.3 every hook has a PHASE, and the host calls hooks phase by phase,
+ * for every event: first the hooks of TLOOP_PHASE_MEASURE, then UPDATE,
+ * EVALUATE, MONITOR, SAVE and LOG. Within a phase, hooks are called in the
+ * order the spec lists them. So after a step the EMA is updated before any
+ * checkpoint is written and before anything logs, wherever the spec lists
+ * them. Hooks built for 1.2 or older have the phase TLOOP_PHASE_UPDATE.
+ * Any member may be NULL.
  */
+typedef enum tloop_hook_phase {
+  /* The values are names, not the order (that is the list above): the
+   * default is 0, so a vtable that leaves `phase` zero gets it. */
+  TLOOP_PHASE_UPDATE = 0,   /* updates state that follows the weights (ema); the default */
+  TLOOP_PHASE_MEASURE = 1,  /* adds step info about the step just done (cuda_max_memory) */
+  TLOOP_PHASE_EVALUATE = 2, /* evaluates the model */
+  TLOOP_PHASE_MONITOR = 3,  /* acts on what was measured (best checkpoints, early stopping) */
+  TLOOP_PHASE_SAVE = 4,     /* writes the run's state (checkpointing) */
+  TLOOP_PHASE_LOG = 5       /* reports (logging, progress, trackers, image files) */
+} tloop_hook_phase;
+
 typedef struct tloop_hook_vtable {
   uint32_t struct_size;
   /* Creates an instance into *out_self. */
@@ -310,6 +369,12 @@ typedef struct tloop_hook_vtable {
    * before training begins (the resume event). The place to close files and
    * sessions. A failure here is logged and does not change the run's outcome. */
   tloop_status (*finish)(void* self, const tloop_context* ctx, int32_t exit_code);
+  /* since 1.3: a tloop_hook_phase; the host refuses a value outside it. */
+  int32_t phase;
+  /* since 1.3: the plugin's extension named `id` (a frozen struct with
+   * static lifetime, its functions taking this hook's `self`), or NULL.
+   * [any thread] */
+  const void* (*get_extension)(const char* id);
 } tloop_hook_vtable;
 
 /* ---------------------------------------------------------------- tasks */
@@ -332,6 +397,8 @@ typedef struct tloop_task_vtable {
   tloop_status (*forward)(void* self, const tloop_context* ctx, tloop_tensor* out_loss);
   tloop_status (*state_dict)(void* self, const tloop_context* ctx, tloop_state* out);
   tloop_status (*load_state_dict)(void* self, const tloop_context* ctx, const tloop_state* in);
+  /* since 1.3: as tloop_hook_vtable.get_extension. [any thread] */
+  const void* (*get_extension)(const char* id);
 } tloop_task_vtable;
 
 /* ---------------------------------------------------------------- descriptors */
@@ -344,7 +411,7 @@ typedef struct tloop_plugin_descriptor {
   tloop_plugin_kind kind;
   const char* version;     /* the plugin's own version, e.g. "1.2.0" */
   const char* description; /* one line */
-  const tloop_option_desc* options;
+  const tloop_option_desc* options; /* read with TLOOP_ARRAY_AT */
   uint32_t option_count;
   const tloop_hook_vtable* hook; /* kind == TLOOP_KIND_HOOK */
   const tloop_task_vtable* task; /* kind == TLOOP_KIND_TASK */

@@ -220,6 +220,14 @@ class Context {
   std::string device() const { return api_->device(host_); }
   std::string resolved_spec() const { return api_->resolved_spec(host_); }
 
+  /// The host's extension named `id` ("tloop.<name>/<version>", ABI 1.3), or
+  /// nullptr when this host lacks it (also a host older than 1.3): do without.
+  const void* extension(const char* id) const {
+    return TLOOP_HAS_MEMBER(api_, tloop_host_api, get_extension) && api_->get_extension
+               ? api_->get_extension(host_, id)
+               : nullptr;
+  }
+
   void debug(const std::string& m) const { api_->log(host_, TLOOP_LOG_DEBUG, m.c_str()); }
   void info(const std::string& m) const { api_->log(host_, TLOOP_LOG_INFO, m.c_str()); }
   void warn(const std::string& m) const { api_->log(host_, TLOOP_LOG_WARN, m.c_str()); }
@@ -324,6 +332,12 @@ class StateReader {
 /// Base class of C++ hooks. Every event defaults to doing nothing.
 class Hook {
  public:
+  /// When the hook runs among the others, for every event (ABI 1.3): a hook
+  /// declares its own with `static constexpr tloop_hook_phase phase = ...;`.
+  static constexpr tloop_hook_phase phase = TLOOP_PHASE_UPDATE;
+  /// The hook's extension named `id` (ABI 1.3), or nullptr; shadow it to provide one.
+  static const void* get_extension(const char* /*id*/) { return nullptr; }
+
   virtual ~Hook() = default;
   /// Before any before_train: restore a previous run here (checkpointing).
   virtual void resume(Context&) {}
@@ -408,7 +422,10 @@ struct HookAdapter {
       Context ctx(c);
       Metrics metrics;
       metrics.reserve(n);
-      for (size_t i = 0; i < n; ++i) metrics.emplace_back(m[i].key, m[i].value);
+      for (size_t i = 0; i < n; ++i) {
+        const tloop_metric& metric = *TLOOP_ARRAY_AT(tloop_metric, m, i);
+        metrics.emplace_back(metric.key, metric.value);
+      }
       static_cast<T*>(self)->on_log(ctx, metrics);
     });
   }
@@ -417,8 +434,10 @@ struct HookAdapter {
       Context ctx(c);
       std::vector<ImageView> images;
       images.reserve(n);
-      for (size_t i = 0; i < n; ++i)
-        images.push_back({im[i].key, im[i].width, im[i].height, im[i].channels, im[i].row_stride, im[i].pixels});
+      for (size_t i = 0; i < n; ++i) {
+        const tloop_image& image = *TLOOP_ARRAY_AT(tloop_image, im, i);
+        images.push_back({image.key, image.width, image.height, image.channels, image.row_stride, image.pixels});
+      }
       static_cast<T*>(self)->on_log_images(ctx, images);
     });
   }
@@ -444,6 +463,8 @@ struct HookAdapter {
         &detail::load_state_dict<T>,
         &hook_event<T, &Hook::resume>,
         &finish,
+        T::phase,
+        &T::get_extension,
     };
     return &vt;
   }

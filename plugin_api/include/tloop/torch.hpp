@@ -71,6 +71,9 @@ inline std::optional<at::Tensor> get_tensor(const StateReader& r, const std::str
 /// Base class of C++ tasks: the model, the data and the loss.
 class Task {
  public:
+  /// The task's extension named `id` (ABI 1.3), or nullptr; shadow it to provide one.
+  static const void* get_extension(const char* /*id*/) { return nullptr; }
+
   virtual ~Task() = default;
   /// Builds the model on ctx.device() and registers it (register_module).
   virtual void setup(Context& ctx) = 0;
@@ -112,7 +115,7 @@ struct TaskAdapter {
   static const tloop_task_vtable* vtable() {
     static const tloop_task_vtable vt = {
         sizeof(tloop_task_vtable), &create<T>,         &destroy<T>, &setup, &next_batch, &forward,
-        &detail::state_dict<T>,    &detail::load_state_dict<T>,
+        &detail::state_dict<T>,    &detail::load_state_dict<T>, &T::get_extension,
     };
     return &vt;
   }

@@ -165,6 +165,9 @@ int64_t step_of(const std::string& name) {
 
 class Checkpointing : public tloop::Hook {
  public:
+  // Saves after the state updates of the step (EMA) and before anything logs it.
+  static constexpr tloop_hook_phase phase = TLOOP_PHASE_SAVE;
+
   static tloop::PluginInfo info() {
     return {"checkpointing",
             "1.0.0",

@@ -16,6 +16,9 @@ constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
 class CudaMaxMemory : public tloop::Hook {
  public:
+  // Adds max_memory / max_rss to the step info before any hook reads it.
+  static constexpr tloop_hook_phase phase = TLOOP_PHASE_MEASURE;
+
   static tloop::PluginInfo info() {
     return {"cuda_max_memory",
             "1.0.0",

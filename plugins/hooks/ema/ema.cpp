@@ -17,6 +17,9 @@ namespace {
 
 class Ema : public tloop::Hook {
  public:
+  // Averages the weights before any checkpoint of the step is written.
+  static constexpr tloop_hook_phase phase = TLOOP_PHASE_UPDATE;
+
   static tloop::PluginInfo info() {
     return {"ema",
             "1.0.0",

@@ -16,6 +16,8 @@ namespace fs = std::filesystem;
 
 class ImageFiles : public tloop::Hook {
  public:
+  static constexpr tloop_hook_phase phase = TLOOP_PHASE_LOG;
+
   static tloop::PluginInfo info() {
     return {"image_files",
             "1.0.0",

@@ -13,6 +13,8 @@ namespace {
 
 class Logging : public tloop::Hook {
  public:
+  static constexpr tloop_hook_phase phase = TLOOP_PHASE_LOG;
+
   static tloop::PluginInfo info() {
     return {"logging",
             "1.0.0",

@@ -38,6 +38,8 @@ std::string number(double v) {
 
 class Progress : public tloop::Hook {
  public:
+  static constexpr tloop_hook_phase phase = TLOOP_PHASE_LOG;
+
   static tloop::PluginInfo info() {
     return {"progress",
             "1.0.0",

@@ -74,6 +74,8 @@ void flatten(const toml::node& node, const std::string& prefix, pb::Message& hpa
 
 class TensorBoard : public tloop::Hook {
  public:
+  static constexpr tloop_hook_phase phase = TLOOP_PHASE_LOG;
+
   static tloop::PluginInfo info() {
     return {"tensorboard",
             "1.0.0",

@@ -110,6 +110,8 @@ json to_json(const toml::node& node) {
 
 class Wandb : public tloop::Hook {
  public:
+  static constexpr tloop_hook_phase phase = TLOOP_PHASE_LOG;
+
   static tloop::PluginInfo info() {
     return {"wandb",
             "1.0.0",
