@@ -428,7 +428,12 @@ void Host::log_metrics(const Metrics& metrics) {
   std::vector<tloop_metric> raw_metrics;
   raw_metrics.reserve(metrics.size());
   for (const auto& [k, v] : metrics) raw_metrics.push_back({sizeof(tloop_metric), k.c_str(), v});
-  for (const auto& hook : *hooks_) hook->on_log(raw_metrics.data(), raw_metrics.size());
+  try {
+    for (const auto& hook : *hooks_) hook->on_log(raw_metrics.data(), raw_metrics.size());
+  } catch (const PluginError& e) {
+    note_nested_failure(e.what());
+    throw;
+  }
 }
 
 void Host::log_images(const tloop_image* images, size_t count) {
@@ -454,7 +459,12 @@ void Host::log_images(const tloop_image* images, size_t count) {
     bool& flag;
     ~Reset() { flag = false; }
   } reset{dispatching_};
-  for (const auto& hook : *hooks_) hook->on_log_images(copies.data(), copies.size());
+  try {
+    for (const auto& hook : *hooks_) hook->on_log_images(copies.data(), copies.size());
+  } catch (const PluginError& e) {
+    note_nested_failure(e.what());
+    throw;
+  }
 }
 
 // ------------------------------------------------------------------ instances
@@ -476,7 +486,11 @@ PluginInstance::~PluginInstance() {
 }
 
 void PluginInstance::fail(const char* event) {
-  throw PluginError(label_ + " failed in " + event + ": " + host_.take_error());
+  std::string own = host_.take_error();
+  if (host_.call_depth() == 0)
+    if (auto nested = host_.take_nested_failure())  // the author is the hook that failed inside
+      throw PluginError(*nested + " (while " + label_ + " was in " + event + ")");
+  throw PluginError(label_ + " failed in " + event + ": " + own);
 }
 
 HookInstance::HookInstance(const LoadedPlugin& plugin, Host& host, const toml::table& options, std::string label)

@@ -14,6 +14,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -104,6 +105,16 @@ class Host {
   void set_error(std::string message) { error_ = std::move(message); }
   std::string take_error();
 
+  /// Errors keep their author: a hook that fails inside a dispatch another
+  /// plugin started (on_log within log) is remembered here, and if that
+  /// plugin's call then fails, the error names the hook, not the caller.
+  void note_nested_failure(const std::string& what) {
+    if (!nested_failure_) nested_failure_ = what;
+  }
+  std::optional<std::string> take_nested_failure() { return std::exchange(nested_failure_, std::nullopt); }
+  /// Plugin calls in progress (a plugin's call into the host can call plugins).
+  int& call_depth() { return call_depth_; }
+
  private:
   RunInfo info_;
   tloop_context context_;
@@ -120,6 +131,8 @@ class Host {
   std::function<void(const StateDict&)> load_run_state_;
   std::optional<int> exit_request_;
   std::string error_;
+  std::optional<std::string> nested_failure_;
+  int call_depth_ = 0;
   friend struct HostApi;
 };
 
@@ -142,7 +155,11 @@ class PluginInstance {
   template <class Fn, class... Args>
   void call(const char* event, Fn fn, Args... args) {
     if (fn == nullptr) return;
-    if (fn(self_, host_.context(), args...) != TLOOP_OK) fail(event);
+    if (host_.call_depth() == 0) host_.take_nested_failure();  // a new top-level call
+    ++host_.call_depth();
+    const tloop_status status = fn(self_, host_.context(), args...);
+    --host_.call_depth();
+    if (status != TLOOP_OK) fail(event);
   }
   [[noreturn]] void fail(const char* event);
 

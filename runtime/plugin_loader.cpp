@@ -97,9 +97,17 @@ void Catalog::load_file(const fs::path& file) {
     throw PluginLoadError(shown + ": not a tloop plugin: it exports no '" TLOOP_ENTRY_SYMBOL
                                   "' entry point (export one with TLOOP_PLUGIN_LIBRARY)");
   auto entry = lib.get<const tloop_library*()>(TLOOP_ENTRY_SYMBOL);
-  const tloop_library* info = entry();
+  const tloop_library* info = nullptr;
+  try {  // the SDK's entry point catches everything; a hand-written one may not
+    info = entry();
+  } catch (const std::exception& e) {
+    throw PluginLoadError(shown + ": the entry point threw: " + e.what());
+  } catch (...) {
+    throw PluginLoadError(shown + ": the entry point threw an unknown exception");
+  }
   if (info == nullptr || info->struct_size < offsetof(tloop_library, plugin_count) + sizeof(uint32_t))
-    throw PluginLoadError(shown + ": the entry point returned no valid library record");
+    throw PluginLoadError(shown + ": the entry point returned no valid library record (a message from the "
+                                  "plugin, if any, is above)");
 
   const std::string host_abi = str(TLOOP_ABI_VERSION_MAJOR, ".", TLOOP_ABI_VERSION_MINOR);
   const std::string lib_abi = str(info->abi_major, ".", info->abi_minor);

@@ -28,6 +28,11 @@ TEST_CASE("tloop describe prints a plugin's options with types, defaults, ranges
   CHECK(std::regex_search(r.output, std::regex(R"(batch_size\s+int \(default 64, >= 1\)\s+images per micro-batch)")));
   CHECK(std::regex_search(r.output, std::regex(R"(holdout_fraction\s+float \(default 0\.2, 0\.05 to 0\.9\))")));
 
+  // Hooks say when they run among the others.
+  auto hook = test::run_command(test::cli() + " describe checkpointing");
+  CHECK(hook.output.find("\n  phase: save\n") != std::string::npos);
+  CHECK(r.output.find("phase:") == std::string::npos);  // tasks have none
+
   auto unknown = test::run_command(test::cli() + " describe digits_cn");
   CHECK(unknown.exit_code == 2);
   CHECK(unknown.output.find("no plugin named 'digits_cn'; did you mean 'digits_cnn'?") != std::string::npos);

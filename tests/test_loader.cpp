@@ -214,3 +214,15 @@ TEST_CASE("a plugin that asks for an extension the host lacks gets none and runs
   CHECK(lines.front() == "hook extension 0 tloop.no_such_extension/1 absent");
   CHECK(lines.back() == "hook finish 2 0");
 }
+
+TEST_CASE("a plugin whose info() throws is refused with exit code 2, naming the file and its message") {
+  TempDir dir;
+  std::filesystem::create_directories(dir / "plugins");
+  std::filesystem::copy_file(bad("info_throws"), dir / "plugins" / "info_throws.so");
+  auto r = test::run_command("TLOOP_PLUGIN_PATH=" + (dir / "plugins").string() + " " + test::cli() + " plugins");
+  INFO(r.output);
+  CHECK(r.exit_code == 2);
+  CHECK(r.output.find("tloop plugin: the entry point failed: info() could not describe the plugin") != std::string::npos);
+  CHECK(r.output.find((dir / "plugins" / "info_throws.so").string() + ": the entry point returned no valid library record") !=
+        std::string::npos);
+}

@@ -1,6 +1,8 @@
 // The core loop's semantics, on real plugins loaded through the loader.
 #include "support.h"
 
+#include "signals.h"
+
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -112,6 +114,41 @@ TEST_CASE("events of a step reach two hooks in spec order") {
   expected.push_back("A finish 2 0");
   expected.push_back("B finish 2 0");
   CHECK(test::read_lines(events) == expected);
+}
+
+TEST_CASE("request_exit ends the run after the step: every hook finishes it, after_train is skipped, the first code wins") {
+  TempDir dir;
+  const std::string events = (dir / "events.txt").string();
+  // A asks for 3 at step 2; B, after it in the same phase, asks for 4 in the same step.
+  const std::string hooks = "[[hooks]]\nplugin = \"event_recorder\"\nkey = \"A\"\nlabel = \"A\"\nexit_at = 2\n"
+                            "exit_code = 3\nfile = \"" + events + "\"\n"
+                            "[[hooks]]\nplugin = \"event_recorder\"\nkey = \"B\"\nlabel = \"B\"\nexit_at = 2\n"
+                            "exit_code = 4\nfile = \"" + events + "\"\n";
+  int code = 0;
+  try {
+    test::train(dir, scripted_spec("", "", 5) + hooks);
+  } catch (const tloop::ExitRequested& e) {
+    code = e.code();
+  }
+  CHECK(code == 3);
+  std::vector<std::string> expected = {"A before_train 0", "B before_train 0"};
+  for (int step = 1; step <= 2; ++step)
+    for (const char* event : {"before_step", "before_optimizer_step", "after_step"})
+      for (const char* hook : {"A", "B"}) expected.push_back(std::string(hook) + " " + event + " " + std::to_string(step));
+  expected.push_back("A finish 2 3");
+  expected.push_back("B finish 2 3");
+  CHECK(test::read_lines(events) == expected);
+}
+
+TEST_CASE("a hook that fails inside on_log is named with its own message, not the plugin that logged") {
+  TempDir dir;
+  const std::string events = (dir / "events.txt").string();
+  CHECK_THROWS_WITH_AS(test::train(dir, scripted_spec("", "") + "[[hooks]]\nplugin = \"logging\"\ninterval = 1\n"
+                                            "[[hooks]]\nplugin = \"event_recorder\"\nfail_on_log = true\nfile = \"" +
+                                            events + "\"\n"),
+                       "hooks[1] (event_recorder) failed in on_log: recorder failure in on_log "
+                       "(while hooks[0] (logging) was in after_step)",
+                       tloop::PluginError);
 }
 
 TEST_CASE("every hook gets finish with exit code 1 when an error stops training, and the error still propagates") {

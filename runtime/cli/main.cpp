@@ -57,8 +57,10 @@ int describe(const std::string& name, const std::vector<std::string>& extra_dirs
     tloop::log::error(msg + " (see `tloop plugins`)");
     return kBadInput;
   }
-  std::printf("%s %s (%s plugin)\n  %s\n  file: %s\n\n", p->name.c_str(), p->version.c_str(),
+  std::printf("%s %s (%s plugin)\n  %s\n  file: %s\n", p->name.c_str(), p->version.c_str(),
               tloop::kind_name(p->kind), p->description.c_str(), p->file.c_str());
+  if (p->kind == TLOOP_KIND_HOOK) std::printf("  phase: %s\n", tloop::phase_name(p->phase));
+  std::printf("\n");
   if (p->schema.empty()) {
     std::printf("options: none\n");
     return 0;

@@ -22,14 +22,20 @@ class EventRecorder : public tloop::Hook {
              tloop::option("step_info", false, "after each step, also write every step-info key and its values"),
              tloop::option("list_dir", "", "after each step, also write the sorted entries of this directory"),
              tloop::option("query_extension", "", "before training, ask the host for this extension id and "
-                                                  "write whether it is present")}};
+                                                  "write whether it is present"),
+             tloop::option("exit_at", 0, "after_step of this step asks the host to end the run (0: never)").at_least(0),
+             tloop::option("exit_code", 0, "the exit code exit_at asks for"),
+             tloop::option("fail_on_log", false, "on_log fails with 'recorder failure in on_log'")}};
   }
   EventRecorder(tloop::Context&, const tloop::Options& o)
       : out_(o.get_string("file"), std::ios::app),
         label_(o.get_string("label")),
         step_info_(o.get_bool("step_info")),
         list_dir_(o.get_string("list_dir")),
-        query_extension_(o.get_string("query_extension")) {
+        query_extension_(o.get_string("query_extension")),
+        exit_at_(o.get_int("exit_at")),
+        exit_code_(static_cast<int>(o.get_int("exit_code"))),
+        fail_on_log_(o.get_bool("fail_on_log")) {
     if (!out_) throw tloop::Error("cannot open " + o.get_string("file"));
   }
 
@@ -42,6 +48,7 @@ class EventRecorder : public tloop::Hook {
   void before_optimizer_step(tloop::Context& c) override { write(c, "before_optimizer_step"); }
   void after_step(tloop::Context& c) override {
     write(c, "after_step");
+    if (exit_at_ > 0 && c.step() == exit_at_) c.request_exit(exit_code_);
     if (!list_dir_.empty()) {
       std::set<std::string> names;
       std::error_code ec;
@@ -65,6 +72,7 @@ class EventRecorder : public tloop::Hook {
   void finish(tloop::Context& c, int exit_code) override { write(c, "finish", " " + std::to_string(exit_code)); }
   void on_log(tloop::Context& c, const tloop::Metrics& m) override {
     write(c, "on_log", m.empty() ? "" : " " + m.front().first);
+    if (fail_on_log_) throw tloop::Error("recorder failure in on_log");
   }
   void on_log_images(tloop::Context& c, const std::vector<tloop::ImageView>& images) override {
     write(c, "on_log_images", " " + std::to_string(images.size()));
@@ -80,6 +88,9 @@ class EventRecorder : public tloop::Hook {
   bool step_info_;
   std::string list_dir_;
   std::string query_extension_;
+  int64_t exit_at_;
+  int exit_code_;
+  bool fail_on_log_;
 };
 
 }  // namespace

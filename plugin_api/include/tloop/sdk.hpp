@@ -13,6 +13,7 @@
 #include <tloop/plugin.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <exception>
 #include <map>
 #include <optional>
@@ -220,6 +221,12 @@ class Context {
   std::string device() const { return api_->device(host_); }
   std::string resolved_spec() const { return api_->resolved_spec(host_); }
 
+  /// The first of SIGINT, SIGTERM, SIGUSR1, SIGHUP received, or 0 (ABI 1.1).
+  int pending_signal() const { return api_->pending_signal(host_); }
+  /// Ends the run with `exit_code` at the next step boundary; the first
+  /// request wins (ABI 1.1, defined in 1.3).
+  void request_exit(int exit_code) const { api_->request_exit(host_, exit_code); }
+
   /// The host's extension named `id` ("tloop.<name>/<version>", ABI 1.3), or
   /// nullptr when this host lacks it (also a host older than 1.3): do without.
   const void* extension(const char* id) const {
@@ -277,7 +284,7 @@ class Context {
  private:
   // A failing log dispatch already carries the failing hook's message on the host.
   static void throw_if_failed(tloop_status st) {
-    if (st != TLOOP_OK) throw Error("log dispatch failed");
+    if (st != TLOOP_OK) throw Error("a receiver of the log failed (the host names it)");
   }
   const tloop_context* ctx_;
   const tloop_host_api* api_;
@@ -545,10 +552,26 @@ const tloop_plugin_descriptor* hook() {
 
 }  // namespace tloop
 
+namespace tloop::detail {
+/// The entry point failed (a plugin's info() threw): no exception may leave
+/// it, so it says why on stderr and returns NULL, which the host refuses
+/// naming the file.
+inline const tloop_library* entry_failed(const char* why) noexcept {
+  std::fprintf(stderr, "tloop plugin: the entry point failed: %s\n", why);
+  return nullptr;
+}
+}  // namespace tloop::detail
+
 /// Exports the library entry point listing the given descriptors, e.g.
 /// TLOOP_PLUGIN_LIBRARY(tloop::hook<A>(), tloop::task<B>()). Use once per library.
-#define TLOOP_PLUGIN_LIBRARY(...)                                                       \
-  extern "C" TLOOP_EXPORT const tloop_library* tloop_plugin_entry(void) {                \
-    static const ::tloop::detail::LibraryStorage storage(TLOOP_LIBRARY_TORCH_VERSION, {__VA_ARGS__}); \
-    return &storage.lib;                                                                  \
+#define TLOOP_PLUGIN_LIBRARY(...)                                                                      \
+  extern "C" TLOOP_EXPORT const tloop_library* tloop_plugin_entry(void) {                               \
+    try {                                                                                               \
+      static const ::tloop::detail::LibraryStorage storage(TLOOP_LIBRARY_TORCH_VERSION, {__VA_ARGS__}); \
+      return &storage.lib;                                                                              \
+    } catch (const std::exception& e) {                                                                 \
+      return ::tloop::detail::entry_failed(e.what());                                                   \
+    } catch (...) {                                                                                     \
+      return ::tloop::detail::entry_failed("unknown exception");                                        \
+    }                                                                                                   \
   }

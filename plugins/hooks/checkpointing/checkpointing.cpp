@@ -242,7 +242,7 @@ class Checkpointing : public tloop::Hook {
   void after_step(tloop::Context& ctx) override {
     collect_finished_save(ctx, /*wait=*/false);
     const int64_t step = ctx.step();
-    const int sig = ctx.api()->pending_signal(ctx.host());
+    const int sig = ctx.pending_signal();
     const bool exit_now = sig != 0 && exit_signals_.count(sig) > 0;
     if (step % interval_ == 0 || step == ctx.max_steps() || exit_now) save(ctx, step);
     if (exit_now) {
@@ -251,7 +251,7 @@ class Checkpointing : public tloop::Hook {
       ctx.warn("checkpointing: " + std::string(strsignal(sig)) + " received: checkpoint of step " +
                std::to_string(step) + " saved; exiting with code " + std::to_string(code));
       if (exit_wait_ > 0) std::this_thread::sleep_for(std::chrono::duration<double>(exit_wait_));
-      ctx.api()->request_exit(ctx.host(), code);
+      ctx.request_exit(code);
     }
   }
 
