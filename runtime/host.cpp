@@ -338,8 +338,54 @@ struct HostApi {
   static void request_exit(tloop_host* h, int32_t code) {
     if (!H(h).exit_request_) H(h).exit_request_ = code;  // the first request wins
   }
-  // No extension is provided yet; docs/abi.md lists the ids planned.
-  static const void* get_extension(tloop_host*, const char*) { return nullptr; }
+  // ---- tloop.step_outputs/1
+  static tloop_status add_output(tloop_host* h, const char* name, tloop_tensor t, Host::NamedTensors Host::*list,
+                                 const char* what) {
+    try {
+      if (!name || !*name || !t) throw std::invalid_argument(str(what, " needs a name and a tensor"));
+      if (!H(h).in_forward_) throw std::logic_error(str(what, " is for a task's forward"));
+      at::Tensor tensor = borrowed(t);
+      if (list != &Host::published_ && tensor.numel() != 1)
+        throw std::invalid_argument(str(what, "('", name, "'): a tensor with ", tensor.numel(),
+                                        " elements; it must be a scalar"));
+      for (const auto& [existing, _] : H(h).*list)
+        if (list != &Host::tensor_records_ && existing == name)
+          throw std::invalid_argument(str(what, "('", name, "') was given twice in one micro-step"));
+      (H(h).*list).emplace_back(name, std::move(tensor));
+      return TLOOP_OK;
+    } catch (const std::exception& e) {
+      H(h).error_ = e.what();
+      return TLOOP_INVALID_ARGUMENT;
+    }
+  }
+  static tloop_status add_loss(tloop_host* h, const char* name, tloop_tensor t) {
+    return add_output(h, name, t, &Host::named_losses_, "add_loss");
+  }
+  static tloop_status record_tensor(tloop_host* h, const char* key, tloop_tensor t) {
+    return add_output(h, key, t, &Host::tensor_records_, "record_tensor");
+  }
+  static tloop_status publish(tloop_host* h, const char* name, tloop_tensor t) {
+    return add_output(h, name, t, &Host::published_, "publish");
+  }
+  static tloop_status published(tloop_host* h, const char* name, tloop_tensor* out) {
+    if (!name || !out) return TLOOP_INVALID_ARGUMENT;
+    for (const auto& [n, t] : H(h).published_)
+      if (n == name) {
+        *out = raw(t);  // BORROWED
+        return TLOOP_OK;
+      }
+    return TLOOP_NOT_FOUND;
+  }
+  static void visit_published(tloop_host* h, tloop_tensor_visitor visit, void* user) {
+    for (const auto& [n, t] : H(h).published_) visit(user, n.c_str(), raw(t));
+  }
+
+  static const void* get_extension(tloop_host*, const char* id) {
+    static const tloop_step_outputs_v1 step_outputs = {sizeof(tloop_step_outputs_v1), &add_loss, &record_tensor,
+                                                       &publish, &published, &visit_published};
+    if (id && std::strcmp(id, TLOOP_STEP_OUTPUTS_ID) == 0) return &step_outputs;
+    return nullptr;
+  }
 
   static const tloop_host_api* table() {
     static const tloop_host_api api = {
@@ -494,7 +540,20 @@ void PluginInstance::fail(const char* event) {
 }
 
 HookInstance::HookInstance(const LoadedPlugin& plugin, Host& host, const toml::table& options, std::string label)
-    : PluginInstance(plugin, host, options, std::move(label)), vt_(plugin.descriptor->hook) {}
+    : PluginInstance(plugin, host, options, std::move(label)), vt_(plugin.descriptor->hook) {
+  if (plugin.abi_minor < 3) return;  // extensions came with 1.3
+  if (auto get = TLOOP_VT(vt_, tloop_hook_vtable, get_extension)) {
+    const auto* ev = static_cast<const tloop_micro_step_events_v1*>(get(TLOOP_MICRO_STEP_EVENTS_ID));
+    if (ev && ev->struct_size >= sizeof(tloop_micro_step_events_v1)) micro_events_ = ev;
+  }
+}
+void HookInstance::after_forward(int64_t micro_step) { call("after_forward", micro_events_->after_forward, micro_step); }
+void HookInstance::before_backward(int64_t micro_step) {
+  call("before_backward", micro_events_->before_backward, micro_step);
+}
+void HookInstance::after_backward(int64_t micro_step) {
+  call("after_backward", micro_events_->after_backward, micro_step);
+}
 
 void HookInstance::resume() { call("resume", TLOOP_VT(vt_, tloop_hook_vtable, resume)); }
 void HookInstance::before_train() { call("before_train", TLOOP_VT(vt_, tloop_hook_vtable, before_train)); }

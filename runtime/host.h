@@ -77,6 +77,21 @@ class Host {
   /// Records of the current micro-step, in the order the task gave them.
   Metrics& micro_records() { return micro_records_; }
 
+  /// Named step outputs (tloop.step_outputs/1). The trainer opens and closes
+  /// the window in which a task's forward may add them.
+  using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
+  void begin_forward() {
+    named_losses_.clear();
+    published_.clear();
+    in_forward_ = true;
+  }
+  void end_forward() { in_forward_ = false; }
+  const NamedTensors& named_losses() const { return named_losses_; }
+  const NamedTensors& published() const { return published_; }
+  void clear_published() { published_.clear(); }
+  /// The step's tensor records so far, in order; taken once per step.
+  NamedTensors take_tensor_records() { return std::exchange(tensor_records_, {}); }
+
   const std::vector<std::pair<std::string, at::Tensor>>& parameters() const { return parameters_; }
   const std::vector<std::pair<std::string, at::Tensor>>& buffers() const { return buffers_; }
   /// Called by the task during setup only.
@@ -121,6 +136,8 @@ class Host {
   int64_t step_ = 0;
   StepInfo step_info_;
   Metrics micro_records_;
+  NamedTensors named_losses_, published_, tensor_records_;
+  bool in_forward_ = false;
   std::vector<std::pair<std::string, at::Tensor>> parameters_, buffers_;
   bool registration_open_ = true;
   const ParamGroups* param_groups_ = nullptr;
@@ -185,9 +202,15 @@ class HookInstance : public PluginInstance {
   void on_log_images(const tloop_image* images, size_t count);
   void state_dict(StateDict& out, const std::string& prefix);
   void load_state_dict(const StateDict& in, const std::string& prefix);
+  /// tloop.micro_step_events/1, when the hook offers it.
+  bool wants_micro_step_events() const { return micro_events_ != nullptr; }
+  void after_forward(int64_t micro_step);
+  void before_backward(int64_t micro_step);
+  void after_backward(int64_t micro_step);
 
  private:
   const tloop_hook_vtable* vt_;
+  const tloop_micro_step_events_v1* micro_events_ = nullptr;
 };
 
 class TaskInstance : public PluginInstance {

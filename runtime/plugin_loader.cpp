@@ -32,8 +32,18 @@ const char* phase_name(tloop_hook_phase phase) {
 }
 
 std::vector<size_t> dispatch_order(const std::vector<tloop_hook_phase>& phases) {
-  // measure, update, evaluate, monitor, save, log (update is 0 to be the default).
-  auto rank = [](tloop_hook_phase p) { return p == TLOOP_PHASE_MEASURE ? -1 : static_cast<int>(p); };
+  // measure, update, evaluate, monitor, log, save (update is 0 to be the default).
+  auto rank = [](tloop_hook_phase p) {
+    switch (p) {
+      case TLOOP_PHASE_MEASURE: return 0;
+      case TLOOP_PHASE_UPDATE: return 1;
+      case TLOOP_PHASE_EVALUATE: return 2;
+      case TLOOP_PHASE_MONITOR: return 3;
+      case TLOOP_PHASE_LOG: return 4;
+      case TLOOP_PHASE_SAVE: return 5;
+    }
+    return 1;
+  };
   std::vector<size_t> order(phases.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
   std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return rank(phases[a]) < rank(phases[b]); });
@@ -141,9 +151,9 @@ void Catalog::load_file(const fs::path& file) {
     }
     tloop_hook_phase phase = TLOOP_PHASE_UPDATE;  // hooks built for 1.2 or older
     if (d->kind == TLOOP_KIND_HOOK && info->abi_minor >= 3 && TLOOP_HAS_MEMBER(d->hook, tloop_hook_vtable, phase)) {
-      if (d->hook->phase < TLOOP_PHASE_UPDATE || d->hook->phase > TLOOP_PHASE_LOG)
+      if (d->hook->phase < TLOOP_PHASE_UPDATE || d->hook->phase > TLOOP_PHASE_SAVE)
         throw PluginLoadError(where + " declares phase " + std::to_string(d->hook->phase) + ", not a tloop_hook_phase (" +
-                              std::to_string(TLOOP_PHASE_UPDATE) + " to " + std::to_string(TLOOP_PHASE_LOG) + ")");
+                              std::to_string(TLOOP_PHASE_UPDATE) + " to " + std::to_string(TLOOP_PHASE_SAVE) + ")");
       phase = static_cast<tloop_hook_phase>(d->hook->phase);
     }
     found.push_back({d->name, d->kind, d->version ? d->version : "", d->description ? d->description : "", shown,

@@ -85,7 +85,7 @@ void Run::execute() {
   task_ = std::make_unique<TaskInstance>(*catalog_.find(s.task.plugin), *host_, s.task.options,
                                          "task (" + s.task.plugin + ")");
   // Hooks are called phase by phase (measure, update, evaluate, monitor,
-  // save, log), in spec order within a phase: the order below is the one
+  // log, save), in spec order within a phase: the order below is the one
   // every event uses, so a checkpoint never depends on where the spec lists
   // a hook.
   std::vector<tloop_hook_phase> phases;

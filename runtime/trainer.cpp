@@ -7,6 +7,7 @@
 #include <ATen/autocast_mode.h>
 #include <ATen/ops/_foreach_mul.h>
 #include <ATen/ops/_foreach_norm.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/linalg_vector_norm.h>
 #include <ATen/ops/stack.h>
 
@@ -72,6 +73,8 @@ Trainer::Trainer(TrainerConfig config, Host& host, TaskInstance& task,
     : config_(std::move(config)), host_(host), task_(task), hooks_(hooks), optimizer_(optimizer) {
   for (const auto& [name, p] : host_.parameters())
     if (p.requires_grad()) params_.push_back(p);
+  for (auto& hook : hooks_)
+    if (hook->wants_micro_step_events()) micro_step_hooks_.push_back(hook.get());
   if (config_.autocast_dtype == c10::kHalf) scaler_ = std::make_unique<GradScaler>(config_.device);
 }
 
@@ -96,9 +99,10 @@ void Trainer::run_steps() {
   // which also makes a resumed run pick up exactly where it stopped.
   optimizer_.set_lr_factor(lr_factor(config_.scheduler, host_.step(), config_.max_steps));
   for_each_hook(&HookInstance::before_train);
+  boundary_signal_ = pending_signal();  // a signal before the first step: no step runs
   while (host_.step() < config_.max_steps) {
     if (auto code = host_.exit_requested()) throw ExitRequested(*code);
-    if (int sig = pending_signal()) throw Interrupted(sig);
+    if (boundary_signal_) throw Interrupted(boundary_signal_);
     host_.set_step(host_.step() + 1);
     host_.step_info().clear();
     run_step();
@@ -131,7 +135,8 @@ void Trainer::run_step() {
                   retries, ")"));
     // A retried attempt's micro-steps do not belong to the step.
     for (const char* key : {"loss", "data_time"}) info.erase(key);
-    for (auto it = info.begin(); it != info.end();) it = it->first.rfind("records/", 0) == 0 ? info.erase(it) : ++it;
+    for (auto it = info.begin(); it != info.end();)
+      it = it->first.rfind("records/", 0) == 0 || it->first.rfind("loss/", 0) == 0 ? info.erase(it) : ++it;
   }
 
   for_each_hook(&HookInstance::before_optimizer_step);
@@ -155,14 +160,18 @@ void Trainer::run_step() {
 
   info["retries"].push_back(static_cast<double>(retries));
   info["step_time"].push_back(seconds_since(t0));
+  // The loop stops after this step only for a signal that was already
+  // pending when after_step began, so every hook's after_step saw it (a
+  // checkpointing hook saves on it); a later one waits for the next step.
+  boundary_signal_ = pending_signal();
   for_each_hook(&HookInstance::after_step);
 }
 
 void Trainer::accumulate() {
   StepInfo& info = host_.step_info();
   const c10::DeviceType device_type = config_.device.type();
-  int64_t micro_steps = 0;
-  while (micro_steps < config_.gradient_accumulation_steps) {
+  int64_t micro_steps = 0;  // with a backward: what gradient_accumulation_steps counts
+  for (int64_t forwards = 0; micro_steps < config_.gradient_accumulation_steps; ++forwards) {
     const auto t0 = Clock::now();
     task_.next_batch();
     info["data_time"].push_back(seconds_since(t0));
@@ -171,13 +180,21 @@ void Trainer::accumulate() {
     std::optional<at::Tensor> loss;
     {
       AutocastScope autocast(device_type, config_.autocast_dtype);
+      host_.begin_forward();
+      struct EndForward {
+        Host& host;
+        ~EndForward() { host.end_forward(); }
+      } end_forward{host_};
       loss = task_.forward();
     }
+    if (!host_.named_losses().empty()) loss = sum_of_named_losses(loss.has_value());
     const Metrics& records = host_.micro_records();
     for (const auto& [k, v] : records) {
       info["records/" + k].push_back(v);
       last_records_[k] = v;
     }
+    for (HookInstance* hook : micro_step_hooks_) hook->after_forward(forwards);
+    host_.clear_published();  // hooks had them in after_forward; the graph behind them can go
     if (!loss) {
       if (!warned_none_loss_) {
         log::warn(str("step ", host_.step(), ": the task returned no loss; skipping backward for that micro-step ",
@@ -196,8 +213,44 @@ void Trainer::accumulate() {
 
     at::Tensor scaled = *loss / static_cast<double>(config_.gradient_accumulation_steps);
     if (scaler_) scaled = scaler_->scale(scaled);
+    for (HookInstance* hook : micro_step_hooks_) hook->before_backward(forwards);
     scaled.backward();
+    for (HookInstance* hook : micro_step_hooks_) hook->after_backward(forwards);
     ++micro_steps;
+  }
+  read_tensor_records();
+}
+
+at::Tensor Trainer::sum_of_named_losses(bool forward_returned_a_loss) {
+  if (forward_returned_a_loss)
+    throw TrainingError(str(task_.label(), " returned a loss and also added named losses (add_loss); with named ",
+                            "losses, forward returns none: the loss is their sum"));
+  StepInfo& info = host_.step_info();
+  at::Tensor total;
+  for (const auto& [name, term] : host_.named_losses()) {
+    if (term.numel() != 1)
+      throw TrainingError(str(task_.label(), ": loss '", name, "' has ", term.numel(), " elements; it must be a scalar"));
+    info["loss/" + name].push_back(term.item<double>());
+    total = total.defined() ? total + term : term;
+  }
+  return total.reshape({});
+}
+
+// The step's tensor records reach the step info in one copy to the host,
+// rather than one device sync per record.
+void Trainer::read_tensor_records() {
+  Host::NamedTensors records = host_.take_tensor_records();
+  if (records.empty()) return;
+  std::vector<at::Tensor> flat;
+  flat.reserve(records.size());
+  const c10::Device device = records.front().second.device();
+  for (const auto& [key, t] : records) flat.push_back(t.detach().reshape({1}).to(device, at::kDouble));
+  const at::Tensor values = at::cat(flat).to(at::kCPU).contiguous();
+  const double* v = values.data_ptr<double>();
+  StepInfo& info = host_.step_info();
+  for (size_t i = 0; i < records.size(); ++i) {
+    info["records/" + records[i].first].push_back(v[i]);
+    last_records_[records[i].first] = v[i];
   }
 }
 

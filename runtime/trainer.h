@@ -55,6 +55,8 @@ class Trainer {
   /// Micro-steps until `gradient_accumulation_steps` real backwards happened.
   void accumulate();
   std::vector<at::Tensor> grads() const;
+  at::Tensor sum_of_named_losses(bool forward_returned_a_loss);
+  void read_tensor_records();
   double total_grad_norm(const std::vector<at::Tensor>& grads) const;
   void for_each_hook(void (HookInstance::*event)());
 
@@ -64,6 +66,8 @@ class Trainer {
   std::vector<std::unique_ptr<HookInstance>>& hooks_;
   Optimizer& optimizer_;
   std::vector<at::Tensor> params_;
+  std::vector<HookInstance*> micro_step_hooks_;  // those offering tloop.micro_step_events/1
+  int boundary_signal_ = 0;                      // pending when the last after_step began
   std::unique_ptr<GradScaler> scaler_;
   bool warned_none_loss_ = false;
   std::optional<double> last_loss_;

@@ -13,6 +13,7 @@
 #include <fstream>
 #include <map>
 #include <random>
+#include <set>
 
 using test::TempDir;
 namespace fs = std::filesystem;
@@ -227,6 +228,24 @@ TEST_CASE("SIGTERM and SIGUSR1 in exit_signals save that step's checkpoint and e
   }
 }
 
+TEST_CASE("a signal that arrives while the hooks finish a step is saved with that step, whatever the list order") {
+  // event_recorder (log phase) raises SIGTERM in its after_step of step 3;
+  // checkpointing, listed first but saving last, sees it in the same step.
+  TempDir dir;
+  const fs::path ws = dir / "ws";
+  test::write_file(dir / "spec.toml",
+                   "[plugins]\npaths = [\"" + std::string(TLOOP_TEST_PLUGIN_DIR) + "\"]\n" +
+                       regression_spec(ws, kEndless, "interval = 1000000\nexit_signals = [\"SIGTERM\"]\n") +
+                       "[[hooks]]\nplugin = \"event_recorder\"\nraise_at = 3\nfile = \"" + (dir / "events.txt").string() +
+                       "\"\n");
+  CHECK(wait_exit(spawn(dir / "spec.toml", dir / "run.log")) == 128 + SIGTERM);
+  INFO(test::read_file(dir / "run.log"));
+  CHECK(latest(ws) == "3");
+  CHECK(test::read_file(dir / "run.log").find("received: checkpoint of step 3 saved; exiting with code 143") !=
+        std::string::npos);
+  CHECK(test::last_logged_step(ws / "metrics.jsonl") == 3);  // logged before the save, and no step after
+}
+
 TEST_CASE("keep_previous, keep_interval and keep_steps prune step by step") {
   TempDir dir;
   const std::string events = (dir / "events.txt").string();
@@ -255,7 +274,23 @@ TEST_CASE("keep_previous, keep_interval and keep_steps prune step by step") {
       "12 10 12_keep 4_keep 6_keep latest",  // 8 pruned: 10 is the one regular kept besides the newest
       "13 10 12_keep 13 4_keep 6_keep latest",  // the last step is always saved
   };
-  CHECK(listings == expected);
+  // event_recorder (log phase) lists the directory in after_step, before
+  // checkpointing (save phase, last) saves that step: its listing at step
+  // N+1 shows the checkpoints after step N's save, and the directory after
+  // the run shows step 13's.
+  REQUIRE(listings.size() == expected.size());
+  CHECK(listings.front() == "1");
+  for (size_t i = 1; i < listings.size(); ++i) {
+    const std::string& after_save = expected[i - 1];
+    CHECK(listings[i] == std::to_string(i + 1) + after_save.substr(after_save.find(' ') == std::string::npos
+                                                                       ? after_save.size()
+                                                                       : after_save.find(' ')));
+  }
+  std::set<std::string> final_entries;
+  for (const auto& e : fs::directory_iterator(root)) final_entries.insert(e.path().filename().string());
+  std::string final_listing = "13";
+  for (const auto& e : final_entries) final_listing += " " + e;
+  CHECK(final_listing == expected.back());
   CHECK(test::read_file(root / "latest") == "13\n");
 }
 
@@ -271,7 +306,12 @@ TEST_CASE("model.pt holds the run's parameters exactly, and async saves write th
   }
   check_same_model(sync_dir / "ws" / "checkpoints" / "12", async_dir / "ws" / "checkpoints" / "12");
   CHECK(fs::exists(sync_dir / "ws" / "checkpoints" / "12" / "model.safetensors"));
-  CHECK(run_async->host().step_info().count("checkpoint_stall") == 1);
+  // Saving comes last in a step: the stalls of the saves at steps 5 and 10
+  // reach the step info, and the log, of steps 6 and 11.
+  const auto stalls = test::logged(async_dir / "ws" / "metrics.jsonl", "train/checkpoint_stall");
+  CHECK(stalls.size() == 2);
+  CHECK(stalls.count(6) == 1);
+  CHECK(stalls.count(11) == 1);
   CHECK_FALSE(fs::exists(async_dir / "ws" / "checkpoints" / "10"));  // pruned (keep_previous = 0) once 12 was saved
 }
 

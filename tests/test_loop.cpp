@@ -116,6 +116,56 @@ TEST_CASE("events of a step reach two hooks in spec order") {
   CHECK(test::read_lines(events) == expected);
 }
 
+TEST_CASE("named losses, a tensor record and a published tensor reach the step info and micro-step hooks") {
+  // scripted_task: loss = 2 * sum(w) as terms a (1/4) and b (3/4), w of 3
+  // ones, SGD lr 1, accumulation 3: each micro-step adds 2/3 to each
+  // gradient, and w drops by 2 per step.
+  TempDir dir;
+  const std::string events = (dir / "micro.txt").string();
+  auto run = test::train(dir, scripted_spec("dim = 3\ngrad_scale = 2.0\noutputs = \"named\"",
+                                            "gradient_accumulation_steps = 3", 2) +
+                                  "[[hooks]]\nplugin = \"micro_recorder\"\nfile = \"" + events + "\"\n");
+  std::vector<std::string> expected;
+  for (int step = 1; step <= 2; ++step) {
+    const double w = step == 1 ? 1.0 : -1.0;
+    for (int m = 0; m < 3; ++m) {
+      expected.push_back("after_forward " + std::to_string(step) + " " + std::to_string(m) + " " +
+                         std::to_string(2 * w));
+      expected.push_back("before_backward " + std::to_string(step) + " " + std::to_string(m));
+      expected.push_back("after_backward " + std::to_string(step) + " " + std::to_string(m));
+    }
+  }
+  const auto lines = test::read_lines(events);
+  REQUIRE(lines.size() == expected.size());
+  for (size_t i = 0; i < lines.size(); ++i) {
+    INFO(lines[i]);
+    if (lines[i].rfind("after_backward", 0) != 0) {
+      CHECK(lines[i] == expected[i]);
+      continue;
+    }
+    // The gradient summed over the step's micro-steps so far, this one included.
+    const size_t last_space = lines[i].rfind(' ');
+    CHECK(lines[i].substr(0, last_space) == expected[i]);
+    const int micro = static_cast<int>(i % 9) / 3;
+    CHECK(std::stod(lines[i].substr(last_space + 1)) == doctest::Approx((micro + 1) * 2.0 / 3.0).epsilon(1e-6));
+  }
+  // Step 2 (w = -1): the terms, their sum as the loss, and the tensor record.
+  const tloop::StepInfo& info = run->host().step_info();
+  CHECK(info.at("loss/a") == std::vector<double>(3, 0.25 * 2 * -3.0));
+  CHECK(info.at("loss/b") == std::vector<double>(3, 0.75 * 2 * -3.0));
+  CHECK(info.at("loss") == std::vector<double>(3, 2 * -3.0));
+  CHECK(info.at("records/w_sum") == std::vector<double>(3, -3.0));
+  for (double w : test::values(*run, "w")) CHECK(w == doctest::Approx(1.0 - 2 * 2.0));
+}
+
+TEST_CASE("a forward that adds named losses and also returns a loss is an error naming the task") {
+  TempDir dir;
+  CHECK_THROWS_WITH_AS(test::train(dir, scripted_spec("outputs = \"named_and_loss\"", "")),
+                       "task (scripted_task) returned a loss and also added named losses (add_loss); with named "
+                       "losses, forward returns none: the loss is their sum",
+                       tloop::TrainingError);
+}
+
 TEST_CASE("request_exit ends the run after the step: every hook finishes it, after_train is skipped, the first code wins") {
   TempDir dir;
   const std::string events = (dir / "events.txt").string();

@@ -2,6 +2,7 @@
 // tests can check the order of events across hooks loaded from real .so files.
 #include <tloop/sdk.hpp>
 
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -25,7 +26,9 @@ class EventRecorder : public tloop::Hook {
                                                   "write whether it is present"),
              tloop::option("exit_at", 0, "after_step of this step asks the host to end the run (0: never)").at_least(0),
              tloop::option("exit_code", 0, "the exit code exit_at asks for"),
-             tloop::option("fail_on_log", false, "on_log fails with 'recorder failure in on_log'")}};
+             tloop::option("fail_on_log", false, "on_log fails with 'recorder failure in on_log'"),
+             tloop::option("raise_at", 0, "after_step of this step raises SIGTERM in the process (0: never)")
+                 .at_least(0)}};
   }
   EventRecorder(tloop::Context&, const tloop::Options& o)
       : out_(o.get_string("file"), std::ios::app),
@@ -35,7 +38,8 @@ class EventRecorder : public tloop::Hook {
         query_extension_(o.get_string("query_extension")),
         exit_at_(o.get_int("exit_at")),
         exit_code_(static_cast<int>(o.get_int("exit_code"))),
-        fail_on_log_(o.get_bool("fail_on_log")) {
+        fail_on_log_(o.get_bool("fail_on_log")),
+        raise_at_(o.get_int("raise_at")) {
     if (!out_) throw tloop::Error("cannot open " + o.get_string("file"));
   }
 
@@ -49,6 +53,7 @@ class EventRecorder : public tloop::Hook {
   void after_step(tloop::Context& c) override {
     write(c, "after_step");
     if (exit_at_ > 0 && c.step() == exit_at_) c.request_exit(exit_code_);
+    if (raise_at_ > 0 && c.step() == raise_at_) std::raise(SIGTERM);
     if (!list_dir_.empty()) {
       std::set<std::string> names;
       std::error_code ec;
@@ -91,6 +96,7 @@ class EventRecorder : public tloop::Hook {
   int64_t exit_at_;
   int exit_code_;
   bool fail_on_log_;
+  int64_t raise_at_;
 };
 
 }  // namespace

@@ -22,6 +22,9 @@ class ScriptedTask : public tloop::Task {
                 tloop::option("nan_forwards", 0, "the first n forwards give a NaN loss and gradients").at_least(0),
                 tloop::option("fail_in", "", "event that throws: create | setup | forward"),
                 tloop::option("image_keys", std::vector<std::string>{}, "keys of 2x3 RGBA images logged at step 1"),
+                tloop::option("outputs", "loss", "what forward gives: loss | named (add_loss 'a' and 'b', "
+                                                 "record_tensor 'w_sum', publish 'w2') | named_and_loss")
+                    .one_of({"loss", "named", "named_and_loss"}),
             }};
   }
   ScriptedTask(tloop::Context&, const tloop::Options& o)
@@ -30,7 +33,8 @@ class ScriptedTask : public tloop::Task {
         none_every_(o.get_int("none_every")),
         nan_forwards_(o.get_int("nan_forwards")),
         fail_in_(o.get_string("fail_in")),
-        image_keys_(o.get_string_list("image_keys")) {
+        image_keys_(o.get_string_list("image_keys")),
+        outputs_(o.get_string("outputs")) {
     if (fail_in_ == "create") throw tloop::Error("scripted failure in create");
   }
 
@@ -57,7 +61,15 @@ class ScriptedTask : public tloop::Task {
     if (none_every_ > 0 && forwards_ % none_every_ == 0) return std::nullopt;
     at::Tensor loss = grad_scale_ * w_.sum();
     if (forwards_ <= nan_forwards_) loss = loss * std::numeric_limits<double>::quiet_NaN();
-    return loss;
+    if (outputs_ == "loss") return loss;
+    // The same loss as two named terms, a record that stays a tensor and a
+    // published tensor.
+    tloop::add_loss(ctx, "a", 0.25 * loss);
+    tloop::add_loss(ctx, "b", 0.75 * loss);
+    tloop::record(ctx, "w_sum", w_.sum().detach());
+    tloop::publish(ctx, "w2", w_.detach() * 2);
+    if (outputs_ == "named_and_loss") return loss;
+    return std::nullopt;
   }
 
  private:
@@ -66,6 +78,7 @@ class ScriptedTask : public tloop::Task {
   int64_t none_every_, nan_forwards_;
   std::string fail_in_;
   std::vector<std::string> image_keys_;
+  std::string outputs_;
   uint8_t pixels_[2 * 3 * 4] = {};
   int64_t batches_ = 0, forwards_ = 0;
   at::Tensor w_;

@@ -291,8 +291,10 @@ typedef struct tloop_host_api {
   /* Restores a state written by run_state_dict (call it from `resume`). */
   tloop_status (*run_load_state_dict)(tloop_host* host, const tloop_state* in);
   /* The first of SIGINT, SIGTERM, SIGUSR1 or SIGHUP received, or 0. The host's
-   * handlers only record it; the loop stops at the next step boundary with
-   * exit code 128+N unless a hook calls request_exit first. [any thread] */
+   * handlers only record it. The loop stops, with exit code 128+N unless a
+   * hook calls request_exit first, after a step whose after_step began with
+   * the signal pending: every hook's after_step of that step sees it here.
+   * [any thread] */
   int32_t (*pending_signal)(tloop_host* host);
   /* Ends the run with this exit code at the next step boundary: the step in
    * progress completes with all its events (after_step included, for every
@@ -327,10 +329,12 @@ typedef struct tloop_context {
  *
  * Since 1.3 every hook has a PHASE, and the host calls hooks phase by phase,
  * for every event: first the hooks of TLOOP_PHASE_MEASURE, then UPDATE,
- * EVALUATE, MONITOR, SAVE and LOG. Within a phase, hooks are called in the
- * order the spec lists them. So after a step the EMA is updated before any
- * checkpoint is written and before anything logs, wherever the spec lists
- * them. Hooks built for 1.2 or older have the phase TLOOP_PHASE_UPDATE.
+ * EVALUATE, MONITOR, LOG and SAVE. Within a phase, hooks are called in the
+ * order the spec lists them. So after a step the EMA is updated before
+ * anything logs or saves, and a checkpoint, written last, holds every other
+ * hook's state after the step (a logger's too) and follows its log rows,
+ * wherever the spec lists them. Hooks built for 1.2 or older have the phase
+ * TLOOP_PHASE_UPDATE.
  * Any member may be NULL.
  */
 typedef enum tloop_hook_phase {
@@ -340,8 +344,8 @@ typedef enum tloop_hook_phase {
   TLOOP_PHASE_MEASURE = 1,  /* adds step info about the step just done (cuda_max_memory) */
   TLOOP_PHASE_EVALUATE = 2, /* evaluates the model */
   TLOOP_PHASE_MONITOR = 3,  /* acts on what was measured (best checkpoints, early stopping) */
-  TLOOP_PHASE_SAVE = 4,     /* writes the run's state (checkpointing) */
-  TLOOP_PHASE_LOG = 5       /* reports (logging, progress, trackers, image files) */
+  TLOOP_PHASE_LOG = 4,      /* reports (logging, progress, trackers, image files) */
+  TLOOP_PHASE_SAVE = 5      /* writes the run's state (checkpointing); last */
 } tloop_hook_phase;
 
 typedef struct tloop_hook_vtable {
@@ -430,6 +434,61 @@ typedef struct tloop_library {
 
 /* The entry point: returns static data owned by the library, never NULL. */
 typedef const tloop_library* (*tloop_plugin_entry_fn)(void);
+
+/* ================================================================ extensions
+ * Frozen structs looked up by id (see VERSIONING RULES). Each is released
+ * once and never changed; a new version is a new id. */
+
+/* ---------------------------------------------------------------- step outputs (host)
+ *
+ * What a task's micro-step produces, by name. From `forward` (training
+ * thread):
+ *   - add_loss: a named scalar loss term. When a micro-step adds any, its
+ *     loss is their sum, `forward` must return NULL for *out_loss (returning
+ *     a loss as well is an error), and each term is logged in the step info
+ *     as "loss/<name>", one value per micro-step. (The optimization work will
+ *     weight the terms.)
+ *   - record_tensor: a scalar record kept as a tensor, on its device, until
+ *     the step ends; then all of a step's tensor records are read in one
+ *     copy to the host into the step info ("records/<key>", one value per
+ *     micro-step), instead of one device sync per record.
+ *   - publish: a tensor of this micro-step for hooks (embeddings, logits,
+ *     targets). The host keeps a reference until the next micro-step.
+ * From hooks, during after_forward (tloop.micro_step_events/1):
+ *   - published: a published tensor, BORROWED: read it without a copy, or
+ *     retain it (tensor_retain) to keep it.
+ * Tensors passed in are BORROWED; the host takes its own reference. */
+#define TLOOP_STEP_OUTPUTS_ID "tloop.step_outputs/1"
+typedef struct tloop_step_outputs_v1 {
+  uint32_t struct_size;
+  tloop_status (*add_loss)(tloop_host* host, const char* name, tloop_tensor loss);
+  tloop_status (*record_tensor)(tloop_host* host, const char* key, tloop_tensor value);
+  tloop_status (*publish)(tloop_host* host, const char* name, tloop_tensor tensor);
+  /* TLOOP_NOT_FOUND when nothing of that name was published this micro-step. */
+  tloop_status (*published)(tloop_host* host, const char* name, tloop_tensor* out);
+  /* Every tensor published this micro-step, in the order published. */
+  void (*visit_published)(tloop_host* host, tloop_tensor_visitor visit, void* user);
+} tloop_step_outputs_v1;
+
+/* ---------------------------------------------------------------- micro-step events (hook)
+ *
+ * A hook that offers this extension gets three more events per micro-step,
+ * `micro_step` counting the step's forwards from 0 (a retried step starts
+ * again at 0):
+ *   after_forward    after the task's forward: its published tensors are
+ *                    readable (tloop.step_outputs/1 `published`);
+ *   before_backward  before the backward of a micro-step that has a loss;
+ *   after_backward   after it: the parameters' gradients hold the sum over
+ *                    this step's micro-steps so far, this one included
+ *                    (unscaled only at the step's end, when fp16 scales).
+ * Hooks without it cost the micro-step nothing. Called in phase order. */
+#define TLOOP_MICRO_STEP_EVENTS_ID "tloop.micro_step_events/1"
+typedef struct tloop_micro_step_events_v1 {
+  uint32_t struct_size;
+  tloop_status (*after_forward)(void* self, const tloop_context* ctx, int64_t micro_step);
+  tloop_status (*before_backward)(void* self, const tloop_context* ctx, int64_t micro_step);
+  tloop_status (*after_backward)(void* self, const tloop_context* ctx, int64_t micro_step);
+} tloop_micro_step_events_v1;
 
 #ifdef __cplusplus
 } /* extern "C" */

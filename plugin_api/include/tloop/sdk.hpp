@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <exception>
 #include <map>
 #include <optional>
@@ -344,6 +345,10 @@ class Hook {
   static constexpr tloop_hook_phase phase = TLOOP_PHASE_UPDATE;
   /// The hook's extension named `id` (ABI 1.3), or nullptr; shadow it to provide one.
   static const void* get_extension(const char* /*id*/) { return nullptr; }
+  /// Set to true (`static constexpr bool micro_step_events = true;`) to get
+  /// after_forward / before_backward / after_backward every micro-step
+  /// (tloop.micro_step_events/1); hooks without them cost the loop nothing.
+  static constexpr bool micro_step_events = false;
 
   virtual ~Hook() = default;
   /// Before any before_train: restore a previous run here (checkpointing).
@@ -360,6 +365,13 @@ class Hook {
   virtual void on_log_images(Context&, const std::vector<ImageView>&) {}
   virtual void state_dict(Context&, StateWriter&) {}
   virtual void load_state_dict(Context&, const StateReader&) {}
+  /// With micro_step_events: after the task's forward (its published
+  /// tensors are readable: tloop::published), before and after the backward
+  /// of a micro-step with a loss (gradients summed so far, this one included).
+  /// `micro_step` counts the step's forwards from 0.
+  virtual void after_forward(Context&, int64_t /*micro_step*/) {}
+  virtual void before_backward(Context&, int64_t /*micro_step*/) {}
+  virtual void after_backward(Context&, int64_t /*micro_step*/) {}
 };
 
 // ------------------------------------------------------------------ export machinery
@@ -454,6 +466,22 @@ struct HookAdapter {
       static_cast<T*>(self)->finish(ctx, static_cast<int>(exit_code));
     });
   }
+  template <void (Hook::*Event)(Context&, int64_t)>
+  static tloop_status micro_event(void* self, const tloop_context* c, int64_t micro_step) noexcept {
+    return guarded(c, [&] {
+      Context ctx(c);
+      (static_cast<T*>(self)->*Event)(ctx, micro_step);
+    });
+  }
+  static const void* get_extension(const char* id) noexcept {
+    if constexpr (T::micro_step_events) {
+      static const tloop_micro_step_events_v1 events = {
+          sizeof(tloop_micro_step_events_v1), &micro_event<&Hook::after_forward>,
+          &micro_event<&Hook::before_backward>, &micro_event<&Hook::after_backward>};
+      if (id != nullptr && std::strcmp(id, TLOOP_MICRO_STEP_EVENTS_ID) == 0) return &events;
+    }
+    return T::get_extension(id);
+  }
   static const tloop_hook_vtable* vtable() {
     static const tloop_hook_vtable vt = {
         sizeof(tloop_hook_vtable),
@@ -471,7 +499,7 @@ struct HookAdapter {
         &hook_event<T, &Hook::resume>,
         &finish,
         T::phase,
-        &T::get_extension,
+        &get_extension,
     };
     return &vt;
   }

@@ -57,6 +57,43 @@ void register_module(Context& ctx, const Module& module, const std::string& pref
   for (const auto& b : module.named_buffers()) register_buffer(ctx, prefix + b.key(), b.value());
 }
 
+// ------------------------------------------------------------------ named step outputs
+// tloop.step_outputs/1 (ABI 1.3); see plugin.h for what the host does with them.
+
+namespace detail {
+inline const tloop_step_outputs_v1& step_outputs(const Context& ctx) {
+  const auto* ext = static_cast<const tloop_step_outputs_v1*>(ctx.extension(TLOOP_STEP_OUTPUTS_ID));
+  if (ext == nullptr) throw Error("this tloop has no " TLOOP_STEP_OUTPUTS_ID " (its plugin ABI is older than 1.3)");
+  return *ext;
+}
+inline tloop_tensor borrow(const at::Tensor& t) { return reinterpret_cast<tloop_tensor>(t.unsafeGetTensorImpl()); }
+}  // namespace detail
+
+/// From forward: a named scalar loss term. The micro-step's loss is the sum
+/// of its terms (forward then returns std::nullopt); each is logged as
+/// "loss/<name>".
+inline void add_loss(Context& ctx, const std::string& name, const at::Tensor& loss) {
+  if (detail::step_outputs(ctx).add_loss(ctx.host(), name.c_str(), detail::borrow(loss)) != TLOOP_OK)
+    throw Error("add_loss('" + name + "') was refused: a scalar, once per micro-step, from forward");
+}
+/// From forward: a scalar record that stays a tensor until the step ends
+/// (then all of the step's are read in one copy): "records/<key>".
+inline void record(Context& ctx, const std::string& key, const at::Tensor& value) {
+  if (detail::step_outputs(ctx).record_tensor(ctx.host(), key.c_str(), detail::borrow(value)) != TLOOP_OK)
+    throw Error("record('" + key + "') was refused: a scalar tensor, from forward");
+}
+/// From forward: a tensor of this micro-step for hooks' after_forward.
+inline void publish(Context& ctx, const std::string& name, const at::Tensor& t) {
+  if (detail::step_outputs(ctx).publish(ctx.host(), name.c_str(), detail::borrow(t)) != TLOOP_OK)
+    throw Error("publish('" + name + "') was refused: once per micro-step, from forward");
+}
+/// In a hook's after_forward: the tensor the task published as `name` (no copy).
+inline std::optional<at::Tensor> published(Context& ctx, const std::string& name) {
+  tloop_tensor h = nullptr;
+  if (detail::step_outputs(ctx).published(ctx.host(), name.c_str(), &h) != TLOOP_OK) return std::nullopt;
+  return from_borrowed(h);
+}
+
 inline void put_tensor(const StateWriter& w, const std::string& key, const at::Tensor& t) {
   if (w.api()->state_put_tensor(w.raw(), key.c_str(), reinterpret_cast<tloop_tensor>(t.unsafeGetTensorImpl())) !=
       TLOOP_OK)

@@ -165,7 +165,8 @@ int64_t step_of(const std::string& name) {
 
 class Checkpointing : public tloop::Hook {
  public:
-  // Saves after the state updates of the step (EMA) and before anything logs it.
+  // Saves last, after every other hook: a checkpoint holds their state after
+  // the step (the EMA of that step, a logger's aggregates) and follows its log rows.
   static constexpr tloop_hook_phase phase = TLOOP_PHASE_SAVE;
 
   static tloop::PluginInfo info() {
@@ -237,6 +238,13 @@ class Checkpointing : public tloop::Hook {
       ctx.error("checkpoint " + dir.string() + " is damaged: " + problem + "; falling back to an older one");
     }
     if (fs::exists(root_)) ctx.info("checkpointing: no valid checkpoint in " + root_.string() + "; starting from step 0");
+  }
+
+  // Saving is the last phase: the loggers have read this step's info already,
+  // so the timings of a save reach the step info of the step after it.
+  void before_step(tloop::Context& ctx) override {
+    for (const auto& [key, value] : reported_) ctx.step_info_append(key, value);
+    reported_.clear();
   }
 
   void after_step(tloop::Context& ctx) override {
@@ -386,19 +394,19 @@ class Checkpointing : public tloop::Hook {
       pending_name_ = name;
       pending_started_ = Clock::now();
       pending_ = std::async(std::launch::async, [root, name, snap, st] { write_checkpoint(root, name, *snap, st); });
-      ctx.step_info_append("checkpoint_stall", seconds_since(t0));
+      report("checkpoint_stall", seconds_since(t0));
       return;
     }
     try {
       write_checkpoint(root_, name, snapshot(ctx, step, /*copy=*/false), safetensors_);
     } catch (const std::exception& e) {
-      ctx.step_info_append("checkpoint_stall", seconds_since(t0));
+      report("checkpoint_stall", seconds_since(t0));
       failed(ctx, step, e.what());
       return;
     }
     const double seconds = seconds_since(t0);
-    ctx.step_info_append("checkpoint_stall", seconds);
-    ctx.step_info_append("checkpoint_save_time", seconds);
+    report("checkpoint_stall", seconds);
+    report("checkpoint_save_time", seconds);
     saved(ctx, name);
   }
 
@@ -413,10 +421,12 @@ class Checkpointing : public tloop::Hook {
       failed(ctx, step_of(pending_name_), e.what());
       return;
     }
-    if (wait) ctx.step_info_append("checkpoint_wait", seconds_since(t0));
-    ctx.step_info_append("checkpoint_save_time", seconds_since(pending_started_));
+    if (wait) report("checkpoint_wait", seconds_since(t0));
+    report("checkpoint_save_time", seconds_since(pending_started_));
     saved(ctx, pending_name_);
   }
+
+  void report(const std::string& key, double seconds) { reported_.emplace_back(key, seconds); }
 
   void saved(tloop::Context& ctx, const std::string& name) {
     ctx.debug("checkpointing: saved " + (root_ / name).string());
@@ -454,6 +464,7 @@ class Checkpointing : public tloop::Hook {
   std::optional<int> exit_code_;
   double exit_wait_;
   bool async_, abort_on_error_, safetensors_;
+  std::vector<std::pair<std::string, double>> reported_;  // for the next step's info
   fs::path root_;
   int64_t last_saved_ = -1;
   std::future<void> pending_;

@@ -1,0 +1,52 @@
+// Test hook for tloop.micro_step_events/1: writes one line per micro-step
+// event, with the first element of the task's published tensor "w2" after
+// forward and of the first parameter's gradient after backward.
+#include <tloop/torch.hpp>
+
+#include <fstream>
+
+namespace {
+
+class MicroRecorder : public tloop::Hook {
+ public:
+  static constexpr bool micro_step_events = true;
+
+  static tloop::PluginInfo info() {
+    return {"micro_recorder",
+            "1.0.0",
+            "Test hook: writes every micro-step event to a file",
+            {tloop::required("file", TLOOP_TYPE_STRING, "file the events are appended to")}};
+  }
+  MicroRecorder(tloop::Context&, const tloop::Options& o) : out_(o.get_string("file"), std::ios::app) {
+    if (!out_) throw tloop::Error("cannot open " + o.get_string("file"));
+    out_.precision(17);
+  }
+
+  void after_forward(tloop::Context& c, int64_t micro_step) override {
+    const auto w2 = tloop::published(c, "w2");
+    out_ << "after_forward " << c.step() << ' ' << micro_step << ' '
+         << (w2 ? std::to_string(w2->flatten()[0].item<double>()) : std::string("none")) << '\n';
+  }
+  void before_backward(tloop::Context& c, int64_t micro_step) override {
+    out_ << "before_backward " << c.step() << ' ' << micro_step << '\n';
+  }
+  void after_backward(tloop::Context& c, int64_t micro_step) override {
+    at::Tensor grad;
+    c.api()->visit_parameters(
+        c.host(),
+        [](void* user, const char*, tloop_tensor t) {
+          auto* g = static_cast<at::Tensor*>(user);
+          if (!g->defined()) *g = tloop::from_borrowed(t).grad();
+        },
+        &grad);
+    out_ << "after_backward " << c.step() << ' ' << micro_step << ' ' << grad.flatten()[0].item<double>() << '\n';
+    out_.flush();
+  }
+
+ private:
+  std::ofstream out_;
+};
+
+}  // namespace
+
+TLOOP_PLUGIN_LIBRARY(tloop::hook<MicroRecorder>())
