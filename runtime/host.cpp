@@ -172,7 +172,7 @@ struct HostApi {
       H(h).log_metrics(metrics);
       return TLOOP_OK;
     } catch (const std::exception& e) {
-      H(h).error_ = e.what();
+      H(h).host_failed(e.what());
       return TLOOP_ERROR;
     }
   }
@@ -181,7 +181,7 @@ struct HostApi {
       H(h).log_images(images, n);
       return TLOOP_OK;
     } catch (const std::exception& e) {
-      H(h).error_ = e.what();
+      H(h).host_failed(e.what());
       return TLOOP_ERROR;
     }
   }
@@ -209,7 +209,7 @@ struct HostApi {
       H(h).add_tensor(name, borrowed(t), buffer);
       return TLOOP_OK;
     } catch (const std::exception& e) {
-      H(h).error_ = e.what();
+      H(h).host_failed(e.what());
       return TLOOP_INVALID_ARGUMENT;
     }
   }
@@ -312,7 +312,7 @@ struct HostApi {
       for (auto& [k, v] : state) (*out->dict)[out->prefix + k] = std::move(v);
       return TLOOP_OK;
     } catch (const std::exception& e) {
-      H(h).error_ = std::string("run_state_dict: ") + e.what();
+      H(h).host_failed(std::string("run_state_dict: ") + e.what());
       return TLOOP_ERROR;
     }
   }
@@ -330,7 +330,7 @@ struct HostApi {
       }
       return TLOOP_OK;
     } catch (const std::exception& e) {
-      H(h).error_ = std::string("run_load_state_dict: ") + e.what();
+      H(h).host_failed(std::string("run_load_state_dict: ") + e.what());
       return TLOOP_ERROR;
     }
   }
@@ -354,7 +354,7 @@ struct HostApi {
       (H(h).*list).emplace_back(name, std::move(tensor));
       return TLOOP_OK;
     } catch (const std::exception& e) {
-      H(h).error_ = e.what();
+      H(h).host_failed(e.what());
       return TLOOP_INVALID_ARGUMENT;
     }
   }
@@ -380,10 +380,16 @@ struct HostApi {
     for (const auto& [n, t] : H(h).published_) visit(user, n.c_str(), raw(t));
   }
 
+  // ---- tloop.host_errors/1
+  static const char* last_error(tloop_host* h) { return H(h).host_error_.c_str(); }
+
   static const void* get_extension(tloop_host*, const char* id) {
     static const tloop_step_outputs_v1 step_outputs = {sizeof(tloop_step_outputs_v1), &add_loss, &record_tensor,
                                                        &publish, &published, &visit_published};
-    if (id && std::strcmp(id, TLOOP_STEP_OUTPUTS_ID) == 0) return &step_outputs;
+    static const tloop_host_errors_v1 host_errors = {sizeof(tloop_host_errors_v1), &last_error};
+    if (id == nullptr) return nullptr;
+    if (std::strcmp(id, TLOOP_STEP_OUTPUTS_ID) == 0) return &step_outputs;
+    if (std::strcmp(id, TLOOP_HOST_ERRORS_ID) == 0) return &host_errors;
     return nullptr;
   }
 

@@ -119,6 +119,12 @@ class Host {
 
   void set_error(std::string message) { error_ = std::move(message); }
   std::string take_error();
+  /// A host function a plugin called failed: the message is the plugin's
+  /// error until it sets its own, and stays readable (tloop.host_errors/1).
+  void host_failed(std::string message) {
+    host_error_ = message;
+    error_ = std::move(message);
+  }
 
   /// Errors keep their author: a hook that fails inside a dispatch another
   /// plugin started (on_log within log) is remembered here, and if that
@@ -148,6 +154,7 @@ class Host {
   std::function<void(const StateDict&)> load_run_state_;
   std::optional<int> exit_request_;
   std::string error_;
+  std::string host_error_;  // the last host function failure, for tloop.host_errors/1
   std::optional<std::string> nested_failure_;
   int call_depth_ = 0;
   friend struct HostApi;

@@ -246,6 +246,22 @@ TEST_CASE("a signal that arrives while the hooks finish a step is saved with tha
   CHECK(test::last_logged_step(ws / "metrics.jsonl") == 3);  // logged before the save, and no step after
 }
 
+TEST_CASE("a checkpoint the model does not fit is refused with the host's reason, not only the hook's") {
+  TempDir dir;
+  auto spec = [&](int hidden) {
+    return "[run]\nworkspace = \"" + (dir / "ws").string() + "\"\n[trainer]\nmax_steps = " + std::to_string(hidden / 2) +
+           "\n[task]\nplugin = \"regression_mlp\"\nhidden_dim = " + std::to_string(hidden) +
+           "\n[[hooks]]\nplugin = \"checkpointing\"\ninterval = 2\n";
+  };
+  test::train(dir, spec(8));
+  CHECK_THROWS_WITH_AS(test::train(dir, spec(16)),
+                       ("hooks[0] (checkpointing) failed in resume: cannot restore " +
+                        (dir / "ws" / "checkpoints" / "4").string() +
+                        ": run_load_state_dict: model/fc1.weight has shape [8, 8] in the checkpoint but [16, 8] in the model")
+                           .c_str(),
+                       tloop::PluginError);
+}
+
 TEST_CASE("keep_previous, keep_interval and keep_steps prune step by step") {
   TempDir dir;
   const std::string events = (dir / "events.txt").string();

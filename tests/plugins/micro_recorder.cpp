@@ -31,14 +31,7 @@ class MicroRecorder : public tloop::Hook {
     out_ << "before_backward " << c.step() << ' ' << micro_step << '\n';
   }
   void after_backward(tloop::Context& c, int64_t micro_step) override {
-    at::Tensor grad;
-    c.api()->visit_parameters(
-        c.host(),
-        [](void* user, const char*, tloop_tensor t) {
-          auto* g = static_cast<at::Tensor*>(user);
-          if (!g->defined()) *g = tloop::from_borrowed(t).grad();
-        },
-        &grad);
+    const at::Tensor grad = tloop::parameters(c).front().second.grad();
     out_ << "after_backward " << c.step() << ' ' << micro_step << ' ' << grad.flatten()[0].item<double>() << '\n';
     out_.flush();
   }

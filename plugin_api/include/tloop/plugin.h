@@ -470,6 +470,18 @@ typedef struct tloop_step_outputs_v1 {
   void (*visit_published)(tloop_host* host, tloop_tensor_visitor visit, void* user);
 } tloop_step_outputs_v1;
 
+/* ---------------------------------------------------------------- host errors (host)
+ *
+ * Why the last host function that failed did (run_load_state_dict, a
+ * state_put_*, log_metrics, add_loss, ...), so that a plugin can put the
+ * host's words into its own error instead of replacing them: "" when none
+ * failed yet. BORROWED until the next host call. */
+#define TLOOP_HOST_ERRORS_ID "tloop.host_errors/1"
+typedef struct tloop_host_errors_v1 {
+  uint32_t struct_size;
+  const char* (*last_error)(tloop_host* host);
+} tloop_host_errors_v1;
+
 /* ---------------------------------------------------------------- micro-step events (hook)
  *
  * A hook that offers this extension gets three more events per micro-step,

@@ -235,6 +235,17 @@ class Context {
                ? api_->get_extension(host_, id)
                : nullptr;
   }
+  /// Why the last host function that failed did, or "" (tloop.host_errors/1).
+  std::string host_error() const {
+    const auto* ext = static_cast<const tloop_host_errors_v1*>(extension(TLOOP_HOST_ERRORS_ID));
+    return ext ? ext->last_error(host_) : "";
+  }
+  /// Throws `what` with the host's reason appended when `status` is a failure.
+  void check(tloop_status status, const std::string& what) const {
+    if (status == TLOOP_OK) return;
+    const std::string why = host_error();
+    throw Error(why.empty() ? what : what + ": " + why);
+  }
 
   void debug(const std::string& m) const { api_->log(host_, TLOOP_LOG_DEBUG, m.c_str()); }
   void info(const std::string& m) const { api_->log(host_, TLOOP_LOG_INFO, m.c_str()); }
@@ -296,11 +307,15 @@ class Context {
 class StateWriter {
  public:
   StateWriter(const tloop_context* ctx, tloop_state* state) : api_(ctx->api), state_(state) {}
-  void put(const std::string& key, int64_t v) const { api_->state_put_int(state_, key.c_str(), v); }
+  /// Each put is checked: a state that refuses a value throws, naming the key.
+  void put(const std::string& key, int64_t v) const { check(api_->state_put_int(state_, key.c_str(), v), key); }
   void put(const std::string& key, int v) const { put(key, static_cast<int64_t>(v)); }
-  void put(const std::string& key, double v) const { api_->state_put_double(state_, key.c_str(), v); }
+  void put(const std::string& key, double v) const { check(api_->state_put_double(state_, key.c_str(), v), key); }
   void put(const std::string& key, const std::string& v) const {
-    api_->state_put_string(state_, key.c_str(), v.c_str());
+    check(api_->state_put_string(state_, key.c_str(), v.c_str()), key);
+  }
+  static void check(tloop_status status, const std::string& key) {
+    if (status != TLOOP_OK) throw Error("could not store '" + key + "' in the state (status " + std::to_string(status) + ")");
   }
   const tloop_host_api* api() const { return api_; }
   tloop_state* raw() const { return state_; }

@@ -41,13 +41,34 @@ inline at::Tensor from_owned(tloop_tensor h) {
 }
 
 inline void register_parameter(Context& ctx, const std::string& name, const at::Tensor& t) {
-  if (ctx.api()->register_parameter(ctx.host(), name.c_str(), reinterpret_cast<tloop_tensor>(t.unsafeGetTensorImpl())) != TLOOP_OK)
-    throw Error("could not register parameter '" + name + "'");
+  ctx.check(ctx.api()->register_parameter(ctx.host(), name.c_str(), reinterpret_cast<tloop_tensor>(t.unsafeGetTensorImpl())),
+            "could not register parameter '" + name + "'");
 }
 inline void register_buffer(Context& ctx, const std::string& name, const at::Tensor& t) {
-  if (ctx.api()->register_buffer(ctx.host(), name.c_str(), reinterpret_cast<tloop_tensor>(t.unsafeGetTensorImpl())) != TLOOP_OK)
-    throw Error("could not register buffer '" + name + "'");
+  ctx.check(ctx.api()->register_buffer(ctx.host(), name.c_str(), reinterpret_cast<tloop_tensor>(t.unsafeGetTensorImpl())),
+            "could not register buffer '" + name + "'");
 }
+
+using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
+
+namespace detail {
+inline NamedTensors visit_named(Context& ctx, void (*visit)(tloop_host*, tloop_tensor_visitor, void*)) {
+  NamedTensors out;
+  visit(
+      ctx.host(),
+      [](void* user, const char* name, tloop_tensor t) {
+        static_cast<NamedTensors*>(user)->emplace_back(name, from_borrowed(t));
+      },
+      &out);
+  return out;
+}
+}  // namespace detail
+
+/// The model's parameters, in registration order: the live tensors (their
+/// .grad() is the gradient), not copies.
+inline NamedTensors parameters(Context& ctx) { return detail::visit_named(ctx, ctx.api()->visit_parameters); }
+/// The model's buffers, in registration order.
+inline NamedTensors buffers(Context& ctx) { return detail::visit_named(ctx, ctx.api()->visit_buffers); }
 
 /// Registers every parameter and buffer of a torch::nn::Module (or anything
 /// with named_parameters() / named_buffers()) with the host.
@@ -104,6 +125,49 @@ inline std::optional<at::Tensor> get_tensor(const StateReader& r, const std::str
   if (r.api()->state_get_tensor(r.raw(), key.c_str(), &h) != TLOOP_OK) return std::nullopt;
   return from_borrowed(h);
 }
+
+/// The whole run's state (ABI 1.1), owned: model, optimizer, step, grad
+/// scaler, RNG, task and hook states, as a checkpointing hook saves and
+/// restores it. Freed with the object.
+class RunState {
+ public:
+  explicit RunState(Context& ctx) : ctx_(ctx), state_(ctx.api()->state_new(ctx.host())) {
+    if (state_ == nullptr) throw Error("could not make a state dictionary");
+  }
+  ~RunState() { ctx_.api()->state_free(state_); }
+  RunState(const RunState&) = delete;
+  RunState& operator=(const RunState&) = delete;
+
+  /// Fills the state with the run's, live tensors included (copy them before
+  /// the training goes on if they are used later).
+  void collect() { ctx_.check(ctx_.api()->run_state_dict(ctx_.host(), state_), "cannot collect the run state"); }
+  /// Restores the run from this state (from a hook's resume).
+  void restore(const std::string& what) {
+    ctx_.check(ctx_.api()->run_load_state_dict(ctx_.host(), state_), "cannot restore " + what);
+  }
+  void put(const std::string& key, const at::Tensor& t) {
+    StateWriter::check(ctx_.api()->state_put_tensor(state_, key.c_str(), detail::borrow(t)), key);
+  }
+  void put(const std::string& key, int64_t v) { StateWriter::check(ctx_.api()->state_put_int(state_, key.c_str(), v), key); }
+  void put(const std::string& key, double v) {
+    StateWriter::check(ctx_.api()->state_put_double(state_, key.c_str(), v), key);
+  }
+  void put(const std::string& key, const std::string& v) {
+    StateWriter::check(ctx_.api()->state_put_string(state_, key.c_str(), v.c_str()), key);
+  }
+  /// Calls fn(key, value) for every entry in key order; tensors are borrowed.
+  template <class Fn>
+  void visit(Fn&& fn) const {
+    ctx_.api()->state_visit(
+        state_,
+        [](void* user, const char* key, const tloop_state_value* v) { (*static_cast<Fn*>(user))(key, *v); },
+        &fn);
+  }
+
+ private:
+  Context& ctx_;
+  tloop_state* state_;
+};
 
 /// Base class of C++ tasks: the model, the data and the loss.
 class Task {

@@ -300,77 +300,47 @@ class Checkpointing : public tloop::Hook {
   }
 
   void load(tloop::Context& ctx, const fs::path& dir) {
-    const tloop_host_api* api = ctx.api();
-    tloop_state* state = api->state_new(ctx.host());
-    try {
-      for (const auto& [name, t] : tloop::load_tensors(checkpointing::read_file(dir / "model.pt")))
-        put(api, state, "model/" + name, t);
-      for (const auto& [name, t] : tloop::load_tensors(checkpointing::read_file(dir / "state.pt")))
-        put(api, state, name, t);
-      const std::vector<char> bytes = checkpointing::read_file(dir / "state.json");
-      const json scalars = json::parse(bytes.begin(), bytes.end());  // named: items() must not outlive it
-      for (const auto& [key, v] : scalars.items()) {
-        if (v.contains("int")) api->state_put_int(state, key.c_str(), v["int"].get<int64_t>());
-        else if (v.contains("double")) api->state_put_double(state, key.c_str(), v["double"].get<double>());
-        else api->state_put_string(state, key.c_str(), v["string"].get<std::string>().c_str());
-      }
-      if (api->run_load_state_dict(ctx.host(), state) != TLOOP_OK) throw tloop::Error("cannot restore " + dir.string());
-    } catch (...) {
-      api->state_free(state);
-      throw;
+    tloop::RunState state(ctx);
+    for (const auto& [name, t] : tloop::load_tensors(checkpointing::read_file(dir / "model.pt")))
+      state.put("model/" + name, t);
+    for (const auto& [name, t] : tloop::load_tensors(checkpointing::read_file(dir / "state.pt"))) state.put(name, t);
+    const std::vector<char> bytes = checkpointing::read_file(dir / "state.json");
+    const json scalars = json::parse(bytes.begin(), bytes.end());  // named: items() must not outlive it
+    for (const auto& [key, v] : scalars.items()) {
+      if (v.contains("int")) state.put(key, v["int"].get<int64_t>());
+      else if (v.contains("double")) state.put(key, v["double"].get<double>());
+      else state.put(key, v["string"].get<std::string>());
     }
-    api->state_free(state);
+    state.restore(dir.string());  // the host's reason, if it refuses, is in the error
     ctx.info("checkpointing: resumed from " + dir.string() + " at step " + std::to_string(ctx.step()));
   }
 
-  static void put(const tloop_host_api* api, tloop_state* state, const std::string& key, const at::Tensor& t) {
-    api->state_put_tensor(state, key.c_str(), reinterpret_cast<tloop_tensor>(t.unsafeGetTensorImpl()));
-  }
-
   Snapshot snapshot(tloop::Context& ctx, int64_t step, bool copy) {
-    const tloop_host_api* api = ctx.api();
-    tloop_state* state = api->state_new(ctx.host());
-    struct Acc {
-      Snapshot* snap;
-      bool copy;
-    } acc{nullptr, copy};
+    tloop::RunState state(ctx);
+    state.collect();
     Snapshot snap;
     snap.step = step;
-    acc.snap = &snap;
-    if (api->run_state_dict(ctx.host(), state) != TLOOP_OK) {
-      api->state_free(state);
-      throw tloop::Error("cannot collect the run state");
-    }
-    api->state_visit(
-        state,
-        [](void* user, const char* key, const tloop_state_value* v) {
-          auto* a = static_cast<Acc*>(user);
-          const std::string k = key;
-          switch (v->kind) {
-            case TLOOP_STATE_TENSOR: {
-              // A background writer needs its own copy: training goes on changing the live tensors.
-              at::Tensor t = tloop::from_borrowed(v->tensor).detach();
-              t = a->copy ? t.to(at::kCPU, /*non_blocking=*/false, /*copy=*/true) : t.to(at::kCPU);
-              if (k.rfind("model/", 0) == 0) a->snap->model.emplace_back(k.substr(6), t);
-              else a->snap->tensors.emplace_back(k, t);
-              break;
-            }
-            case TLOOP_STATE_INT: a->snap->scalars[k] = {{"int", v->int_value}}; break;
-            case TLOOP_STATE_DOUBLE: a->snap->scalars[k] = {{"double", v->double_value}}; break;
-            case TLOOP_STATE_STRING: a->snap->scalars[k] = {{"string", v->string_value}}; break;
-          }
-        },
-        &acc);
-    api->state_free(state);
+    state.visit([&](const std::string& key, const tloop_state_value& v) {
+      switch (v.kind) {
+        case TLOOP_STATE_TENSOR: {
+          // A background writer needs its own copy: training goes on changing the live tensors.
+          at::Tensor t = tloop::from_borrowed(v.tensor).detach();
+          t = copy ? t.to(at::kCPU, /*non_blocking=*/false, /*copy=*/true) : t.to(at::kCPU);
+          if (key.rfind("model/", 0) == 0) snap.model.emplace_back(key.substr(6), t);
+          else snap.tensors.emplace_back(key, t);
+          break;
+        }
+        case TLOOP_STATE_INT: snap.scalars[key] = {{"int", v.int_value}}; break;
+        case TLOOP_STATE_DOUBLE: snap.scalars[key] = {{"double", v.double_value}}; break;
+        case TLOOP_STATE_STRING: snap.scalars[key] = {{"string", v.string_value}}; break;
+      }
+    });
     // model.pt lists tensors in the model's own order (parameters, then
     // buffers), like a Python state_dict, not in key order.
     std::map<std::string, size_t> position;
-    auto note = [](void* user, const char* name, tloop_tensor) {
-      auto& pos = *static_cast<std::map<std::string, size_t>*>(user);
-      pos.emplace(name, pos.size());
-    };
-    api->visit_parameters(ctx.host(), note, &position);
-    api->visit_buffers(ctx.host(), note, &position);
+    const tloop::NamedTensors parameters = tloop::parameters(ctx), buffers = tloop::buffers(ctx);
+    for (const auto* list : {&parameters, &buffers})
+      for (const auto& [name, _] : *list) position.emplace(name, position.size());
     std::stable_sort(snap.model.begin(), snap.model.end(),
                      [&](const auto& a, const auto& b) { return position[a.first] < position[b.first]; });
     return snap;

@@ -95,17 +95,11 @@ class Ema : public tloop::Hook {
 
  private:
   void collect(tloop::Context& ctx) {
-    struct Acc {
-      std::vector<std::string>* names;
-      std::vector<at::Tensor>* tensors;
-    } acc{&names_, &sources_};
-    auto visit = [](void* user, const char* name, tloop_tensor t) {
-      auto* a = static_cast<Acc*>(user);
-      a->names->push_back(name);
-      a->tensors->push_back(tloop::from_borrowed(t));
-    };
-    ctx.api()->visit_parameters(ctx.host(), visit, &acc);
-    ctx.api()->visit_buffers(ctx.host(), visit, &acc);
+    for (const auto& list : {tloop::parameters(ctx), tloop::buffers(ctx)})
+      for (const auto& [name, t] : list) {
+        names_.push_back(name);
+        sources_.push_back(t);
+      }
     at::NoGradGuard no_grad;
     for (const auto& t : sources_) {
       at::Tensor copy = t.detach().clone();
