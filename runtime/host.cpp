@@ -7,6 +7,8 @@
 
 #include "signals.h"
 
+#include <tloop/keys.h>
+
 #include <cstring>
 
 #define TLOOP_VT(vt, type, member) (TLOOP_HAS_MEMBER(vt, type, member) ? (vt)->member : nullptr)
@@ -545,8 +547,11 @@ void PluginInstance::fail(const char* event) {
   throw PluginError(label_ + " failed in " + event + ": " + own);
 }
 
-HookInstance::HookInstance(const LoadedPlugin& plugin, Host& host, const toml::table& options, std::string label)
-    : PluginInstance(plugin, host, options, std::move(label)), vt_(plugin.descriptor->hook) {
+HookInstance::HookInstance(const LoadedPlugin& plugin, Host& host, const toml::table& options, std::string label,
+                           std::string state_key)
+    : PluginInstance(plugin, host, options, std::move(label)),
+      vt_(plugin.descriptor->hook),
+      state_prefix_(TLOOP_STATE_HOOKS + state_key + "/") {
   if (plugin.abi_minor < 3) return;  // extensions came with 1.3
   if (auto get = TLOOP_VT(vt_, tloop_hook_vtable, get_extension)) {
     const auto* ev = static_cast<const tloop_micro_step_events_v1*>(get(TLOOP_MICRO_STEP_EVENTS_ID));
@@ -582,12 +587,12 @@ void HookInstance::on_log(const tloop_metric* metrics, size_t count) {
 void HookInstance::on_log_images(const tloop_image* images, size_t count) {
   call("on_log_images", TLOOP_VT(vt_, tloop_hook_vtable, on_log_images), images, count);
 }
-void HookInstance::state_dict(StateDict& out, const std::string& prefix) {
-  tloop_state s{&out, nullptr, prefix, nullptr};
+void HookInstance::state_dict(StateDict& out) {
+  tloop_state s{&out, nullptr, state_prefix_, nullptr};
   call("state_dict", TLOOP_VT(vt_, tloop_hook_vtable, state_dict), &s);
 }
-void HookInstance::load_state_dict(const StateDict& in, const std::string& prefix) {
-  tloop_state s{nullptr, &in, prefix, nullptr};
+void HookInstance::load_state_dict(const StateDict& in) {
+  tloop_state s{nullptr, &in, state_prefix_, nullptr};
   call("load_state_dict", TLOOP_VT(vt_, tloop_hook_vtable, load_state_dict), static_cast<const tloop_state*>(&s));
 }
 

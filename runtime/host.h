@@ -195,7 +195,9 @@ class PluginInstance {
 
 class HookInstance : public PluginInstance {
  public:
-  HookInstance(const LoadedPlugin& plugin, Host& host, const toml::table& options, std::string label);
+  /// `state_key`: where its state lives in the run state ("hooks/<key>/").
+  HookInstance(const LoadedPlugin& plugin, Host& host, const toml::table& options, std::string label,
+               std::string state_key);
   tloop_hook_phase phase() const { return plugin_.phase; }
   void resume();
   void before_train();
@@ -207,8 +209,8 @@ class HookInstance : public PluginInstance {
   void finish(int exit_code) noexcept;
   void on_log(const tloop_metric* metrics, size_t count);
   void on_log_images(const tloop_image* images, size_t count);
-  void state_dict(StateDict& out, const std::string& prefix);
-  void load_state_dict(const StateDict& in, const std::string& prefix);
+  void state_dict(StateDict& out);
+  void load_state_dict(const StateDict& in);
   /// tloop.micro_step_events/1, when the hook offers it.
   bool wants_micro_step_events() const { return micro_events_ != nullptr; }
   void after_forward(int64_t micro_step);
@@ -217,6 +219,7 @@ class HookInstance : public PluginInstance {
 
  private:
   const tloop_hook_vtable* vt_;
+  std::string state_prefix_;  // "hooks/<state key>/"
   const tloop_micro_step_events_v1* micro_events_ = nullptr;
 };
 

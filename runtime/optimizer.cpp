@@ -1,5 +1,7 @@
 #include "optimizer.h"
 
+#include <tloop/keys.h>
+
 #include <torch/optim/adam.h>
 #include <torch/optim/adamw.h>
 #include <torch/optim/sgd.h>
@@ -76,7 +78,7 @@ void Optimizer::state_dict(const std::vector<std::pair<std::string, at::Tensor>>
   for (const auto& [name, p] : params) {
     auto it = states.find(p.unsafeGetTensorImpl());
     if (it == states.end()) continue;  // no step taken yet
-    const std::string prefix = "optimizer/" + name + "/";
+    const std::string prefix = TLOOP_STATE_OPTIMIZER + name + "/";
     if (type_ == "sgd") {
       const auto& s = static_cast<const torch::optim::SGDParamState&>(*it->second);
       if (s.momentum_buffer().defined()) out[prefix + "momentum_buffer"] = s.momentum_buffer();
@@ -92,7 +94,7 @@ void Optimizer::load_state_dict(const std::vector<std::pair<std::string, at::Ten
   auto& states = impl_->state();
   states.clear();
   for (const auto& [name, p] : params) {
-    const std::string prefix = "optimizer/" + name + "/";
+    const std::string prefix = TLOOP_STATE_OPTIMIZER + name + "/";
     if (type_ == "sgd") {
       if (const at::Tensor* m = tensor_at(in, prefix + "momentum_buffer")) {
         auto s = std::make_unique<torch::optim::SGDParamState>();

@@ -1,6 +1,8 @@
 #include "run.h"
 
 #include "log.h"
+
+#include <tloop/keys.h>
 #include "text.h"
 
 #include <ATen/Context.h>
@@ -93,8 +95,7 @@ void Run::execute() {
   for (size_t i : dispatch_order(phases)) {
     const auto& use = s.hooks[i];
     hooks_.push_back(std::make_unique<HookInstance>(*catalog_.find(use.plugin), *host_, use.options,
-                                                    use.key_path + " (" + use.plugin + ")"));
-    hook_state_keys_.push_back(use.state_key);
+                                                    use.key_path + " (" + use.plugin + ")", use.state_key));
   }
 
   // Everything is valid: now the workspace may be written.
@@ -139,14 +140,14 @@ void Run::execute() {
 
 StateDict Run::plugin_state() const {
   StateDict state;
-  task_->state_dict(state, "task/");
-  for (size_t i = 0; i < hooks_.size(); ++i) hooks_[i]->state_dict(state, "hooks/" + hook_state_keys_[i] + "/");
+  task_->state_dict(state, TLOOP_STATE_TASK);
+  for (const auto& hook : hooks_) hook->state_dict(state);
   return state;
 }
 
 void Run::load_plugin_state(const StateDict& state) {
-  task_->load_state_dict(state, "task/");
-  for (size_t i = 0; i < hooks_.size(); ++i) hooks_[i]->load_state_dict(state, "hooks/" + hook_state_keys_[i] + "/");
+  task_->load_state_dict(state, TLOOP_STATE_TASK);
+  for (const auto& hook : hooks_) hook->load_state_dict(state);
 }
 
 namespace {
@@ -165,23 +166,23 @@ const T& state_get(const StateDict& state, const std::string& key) {
 StateDict Run::run_state() const {
   StateDict state = plugin_state();
   for (const auto* list : {&host_->parameters(), &host_->buffers()})
-    for (const auto& [name, t] : *list) state["model/" + name] = t;
+    for (const auto& [name, t] : *list) state[TLOOP_STATE_MODEL + name] = t;
   optimizer_->state_dict(host_->parameters(), state);
-  state["trainer/step"] = host_->step();
+  state[TLOOP_STATE_STEP] = host_->step();
   if (GradScaler* scaler = trainer_->scaler()) {
-    state["grad_scaler/scale"] = scaler->scale_tensor();
-    state["grad_scaler/growth_tracker"] = scaler->growth_tracker();
+    state[TLOOP_STATE_GRAD_SCALER_SCALE] = scaler->scale_tensor();
+    state[TLOOP_STATE_GRAD_SCALER_GROWTH] = scaler->growth_tracker();
   }
   const auto rng_state = [](at::Generator gen) {
     std::lock_guard<std::mutex> lock(gen.mutex());
     return gen.get_state();
   };
-  state["rng/cpu"] = rng_state(at::detail::getDefaultCPUGenerator());
-  if (device_.is_cuda()) state["rng/cuda"] = rng_state(at::globalContext().defaultGenerator(device_));
-  state["meta/spec"] = host_->info().resolved_spec;
+  state[TLOOP_STATE_RNG_CPU] = rng_state(at::detail::getDefaultCPUGenerator());
+  if (device_.is_cuda()) state[TLOOP_STATE_RNG_CUDA] = rng_state(at::globalContext().defaultGenerator(device_));
+  state[TLOOP_STATE_META_SPEC] = host_->info().resolved_spec;
   std::string plugins = task_->plugin().name + " " + task_->plugin().version;
   for (const auto& h : hooks_) plugins += "\n" + h->plugin().name + " " + h->plugin().version;
-  state["meta/plugins"] = plugins;
+  state[TLOOP_STATE_META_PLUGINS] = plugins;
   return state;
 }
 
@@ -190,25 +191,25 @@ void Run::load_run_state(const StateDict& state) {
     at::NoGradGuard no_grad;
     for (const auto* list : {&host_->parameters(), &host_->buffers()})
       for (const auto& [name, t] : *list) {
-        const at::Tensor saved = state_get<at::Tensor>(state, "model/" + name);
+        const at::Tensor saved = state_get<at::Tensor>(state, TLOOP_STATE_MODEL + name);
         if (saved.sizes() != t.sizes())
-          throw std::runtime_error(tloop::str("model/", name, " has shape ", saved.sizes(), " in the checkpoint but ",
+          throw std::runtime_error(tloop::str(TLOOP_STATE_MODEL, name, " has shape ", saved.sizes(), " in the checkpoint but ",
                                        t.sizes(), " in the model"));
         t.copy_(saved);  // in place: the task's module holds the same tensor
       }
   }
   optimizer_->load_state_dict(host_->parameters(), state);
-  host_->set_step(state_get<int64_t>(state, "trainer/step"));
+  host_->set_step(state_get<int64_t>(state, TLOOP_STATE_STEP));
   if (GradScaler* scaler = trainer_->scaler()) {
-    scaler->scale_tensor().copy_(state_get<at::Tensor>(state, "grad_scaler/scale"));
-    scaler->growth_tracker().copy_(state_get<at::Tensor>(state, "grad_scaler/growth_tracker"));
+    scaler->scale_tensor().copy_(state_get<at::Tensor>(state, TLOOP_STATE_GRAD_SCALER_SCALE));
+    scaler->growth_tracker().copy_(state_get<at::Tensor>(state, TLOOP_STATE_GRAD_SCALER_GROWTH));
   }
   const auto restore = [&](at::Generator gen, const std::string& key) {  // a handle: copies share the generator
     std::lock_guard<std::mutex> lock(gen.mutex());
     gen.set_state(state_get<at::Tensor>(state, key));
   };
-  restore(at::detail::getDefaultCPUGenerator(), "rng/cpu");
-  if (device_.is_cuda() && state.count("rng/cuda")) restore(at::globalContext().defaultGenerator(device_), "rng/cuda");
+  restore(at::detail::getDefaultCPUGenerator(), TLOOP_STATE_RNG_CPU);
+  if (device_.is_cuda() && state.count(TLOOP_STATE_RNG_CUDA)) restore(at::globalContext().defaultGenerator(device_), TLOOP_STATE_RNG_CUDA);
   load_plugin_state(state);
 }
 

@@ -57,7 +57,6 @@ class Run {
   std::unique_ptr<Host> host_;
   std::unique_ptr<TaskInstance> task_;
   std::vector<std::unique_ptr<HookInstance>> hooks_;
-  std::vector<std::string> hook_state_keys_;
   std::unique_ptr<Optimizer> optimizer_;
   std::unique_ptr<Trainer> trainer_;
   double seconds_ = 0.0;

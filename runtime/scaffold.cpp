@@ -44,7 +44,7 @@ class @CLASS@ : public tloop::Hook {
 
   void after_step(tloop::Context& ctx) override {
     if (ctx.step() % interval_ != 0) return;
-    const std::vector<double> loss = ctx.step_info("loss");
+    const std::vector<double> loss = ctx.step_info(TLOOP_INFO_LOSS);
     ctx.info("@NAME@: step " + std::to_string(ctx.step()) + " loss " + (loss.empty() ? "-" : std::to_string(loss[0])));
   }
 

@@ -1,6 +1,8 @@
 #include "trainer.h"
 
 #include "log.h"
+
+#include <tloop/keys.h>
 #include "signals.h"
 #include "text.h"
 
@@ -134,23 +136,23 @@ void Trainer::run_step() {
     log::warn(str("step ", host_.step(), ": gradients are not finite (norm ", norm, "); retrying the step (retry ",
                   retries, ")"));
     // A retried attempt's micro-steps do not belong to the step.
-    for (const char* key : {"loss", "data_time"}) info.erase(key);
+    for (const char* key : {TLOOP_INFO_LOSS, TLOOP_INFO_DATA_TIME}) info.erase(key);
     for (auto it = info.begin(); it != info.end();)
-      it = it->first.rfind("records/", 0) == 0 || it->first.rfind("loss/", 0) == 0 ? info.erase(it) : ++it;
+      it = it->first.rfind(TLOOP_INFO_RECORD, 0) == 0 || it->first.rfind(TLOOP_INFO_LOSS_TERM, 0) == 0 ? info.erase(it) : ++it;
   }
 
   for_each_hook(&HookInstance::before_optimizer_step);
   if (config_.grad_clip) {
     const std::vector<at::Tensor> g = grads();
     const double norm = total_grad_norm(g);
-    info["grad_norm"].push_back(norm);  // before clipping, like clip_grad_norm_'s return value
+    info[TLOOP_INFO_GRAD_NORM].push_back(norm);  // before clipping, like clip_grad_norm_'s return value
     const double coef = *config_.grad_clip / (norm + 1e-6);
     if (coef < 1.0 && !g.empty()) at::_foreach_mul_(g, coef);
   }
-  for (size_t i = 0; i < optimizer_.count(); ++i) info["lr/" + optimizer_.name(i)].push_back(optimizer_.lr(i));
+  for (size_t i = 0; i < optimizer_.count(); ++i) info[TLOOP_INFO_LR + optimizer_.name(i)].push_back(optimizer_.lr(i));
   if (scaler_) {
     if (!scaler_->found_inf()) optimizer_.step();
-    info["loss_scale"].push_back(scaler_->current_scale());
+    info[TLOOP_INFO_LOSS_SCALE].push_back(scaler_->current_scale());
     scaler_->update();
   } else {
     optimizer_.step();
@@ -158,8 +160,8 @@ void Trainer::run_step() {
   optimizer_.zero_grad();
   optimizer_.set_lr_factor(lr_factor(config_.scheduler, host_.step(), config_.max_steps));
 
-  info["retries"].push_back(static_cast<double>(retries));
-  info["step_time"].push_back(seconds_since(t0));
+  info[TLOOP_INFO_RETRIES].push_back(static_cast<double>(retries));
+  info[TLOOP_INFO_STEP_TIME].push_back(seconds_since(t0));
   // The loop stops after this step only for a signal that was already
   // pending when after_step began, so every hook's after_step saw it (a
   // checkpointing hook saves on it); a later one waits for the next step.
@@ -174,7 +176,7 @@ void Trainer::accumulate() {
   for (int64_t forwards = 0; micro_steps < config_.gradient_accumulation_steps; ++forwards) {
     const auto t0 = Clock::now();
     task_.next_batch();
-    info["data_time"].push_back(seconds_since(t0));
+    info[TLOOP_INFO_DATA_TIME].push_back(seconds_since(t0));
 
     host_.micro_records().clear();
     std::optional<at::Tensor> loss;
@@ -190,7 +192,7 @@ void Trainer::accumulate() {
     if (!host_.named_losses().empty()) loss = sum_of_named_losses(loss.has_value());
     const Metrics& records = host_.micro_records();
     for (const auto& [k, v] : records) {
-      info["records/" + k].push_back(v);
+      info[TLOOP_INFO_RECORD + k].push_back(v);
       last_records_[k] = v;
     }
     for (HookInstance* hook : micro_step_hooks_) hook->after_forward(forwards);
@@ -208,7 +210,7 @@ void Trainer::accumulate() {
     const double value = loss->item<double>();
     if (!std::isfinite(value))
       log::warn(str("step ", host_.step(), ": the loss is not finite (", value, "); ", records_text(records)));
-    info["loss"].push_back(value);
+    info[TLOOP_INFO_LOSS].push_back(value);
     last_loss_ = value;
 
     at::Tensor scaled = *loss / static_cast<double>(config_.gradient_accumulation_steps);
@@ -230,7 +232,7 @@ at::Tensor Trainer::sum_of_named_losses(bool forward_returned_a_loss) {
   for (const auto& [name, term] : host_.named_losses()) {
     if (term.numel() != 1)
       throw TrainingError(str(task_.label(), ": loss '", name, "' has ", term.numel(), " elements; it must be a scalar"));
-    info["loss/" + name].push_back(term.item<double>());
+    info[TLOOP_INFO_LOSS_TERM + name].push_back(term.item<double>());
     total = total.defined() ? total + term : term;
   }
   return total.reshape({});
@@ -249,7 +251,7 @@ void Trainer::read_tensor_records() {
   const double* v = values.data_ptr<double>();
   StepInfo& info = host_.step_info();
   for (size_t i = 0; i < records.size(); ++i) {
-    info["records/" + records[i].first].push_back(v[i]);
+    info[TLOOP_INFO_RECORD + records[i].first].push_back(v[i]);
     last_records_[records[i].first] = v[i];
   }
 }

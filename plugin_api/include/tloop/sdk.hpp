@@ -10,6 +10,7 @@
 // tloop/torch.hpp instead, which adds tensor conversion and tloop::Task.
 #pragma once
 
+#include <tloop/keys.h>
 #include <tloop/plugin.h>
 
 #include <cstdint>

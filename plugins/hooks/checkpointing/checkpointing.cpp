@@ -302,7 +302,7 @@ class Checkpointing : public tloop::Hook {
   void load(tloop::Context& ctx, const fs::path& dir) {
     tloop::RunState state(ctx);
     for (const auto& [name, t] : tloop::load_tensors(checkpointing::read_file(dir / "model.pt")))
-      state.put("model/" + name, t);
+      state.put(TLOOP_STATE_MODEL + name, t);
     for (const auto& [name, t] : tloop::load_tensors(checkpointing::read_file(dir / "state.pt"))) state.put(name, t);
     const std::vector<char> bytes = checkpointing::read_file(dir / "state.json");
     const json scalars = json::parse(bytes.begin(), bytes.end());  // named: items() must not outlive it
@@ -326,7 +326,7 @@ class Checkpointing : public tloop::Hook {
           // A background writer needs its own copy: training goes on changing the live tensors.
           at::Tensor t = tloop::from_borrowed(v.tensor).detach();
           t = copy ? t.to(at::kCPU, /*non_blocking=*/false, /*copy=*/true) : t.to(at::kCPU);
-          if (key.rfind("model/", 0) == 0) snap.model.emplace_back(key.substr(6), t);
+          if (key.rfind(TLOOP_STATE_MODEL, 0) == 0) snap.model.emplace_back(key.substr(sizeof(TLOOP_STATE_MODEL) - 1), t);
           else snap.tensors.emplace_back(key, t);
           break;
         }
@@ -364,19 +364,19 @@ class Checkpointing : public tloop::Hook {
       pending_name_ = name;
       pending_started_ = Clock::now();
       pending_ = std::async(std::launch::async, [root, name, snap, st] { write_checkpoint(root, name, *snap, st); });
-      report("checkpoint_stall", seconds_since(t0));
+      report(TLOOP_INFO_CHECKPOINT_STALL, seconds_since(t0));
       return;
     }
     try {
       write_checkpoint(root_, name, snapshot(ctx, step, /*copy=*/false), safetensors_);
     } catch (const std::exception& e) {
-      report("checkpoint_stall", seconds_since(t0));
+      report(TLOOP_INFO_CHECKPOINT_STALL, seconds_since(t0));
       failed(ctx, step, e.what());
       return;
     }
     const double seconds = seconds_since(t0);
-    report("checkpoint_stall", seconds);
-    report("checkpoint_save_time", seconds);
+    report(TLOOP_INFO_CHECKPOINT_STALL, seconds);
+    report(TLOOP_INFO_CHECKPOINT_SAVE_TIME, seconds);
     saved(ctx, name);
   }
 
@@ -391,8 +391,8 @@ class Checkpointing : public tloop::Hook {
       failed(ctx, step_of(pending_name_), e.what());
       return;
     }
-    if (wait) report("checkpoint_wait", seconds_since(t0));
-    report("checkpoint_save_time", seconds_since(pending_started_));
+    if (wait) report(TLOOP_INFO_CHECKPOINT_WAIT, seconds_since(t0));
+    report(TLOOP_INFO_CHECKPOINT_SAVE_TIME, seconds_since(pending_started_));
     saved(ctx, pending_name_);
   }
 

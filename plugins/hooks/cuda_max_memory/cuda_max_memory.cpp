@@ -42,11 +42,11 @@ class CudaMaxMemory : public tloop::Hook {
     if (device_.is_cuda()) {
       const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device_.index());
       const auto peak = stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak;
-      ctx.step_info_append("max_memory", static_cast<double>(peak) / kGiB);
+      ctx.step_info_append(TLOOP_INFO_MAX_MEMORY, static_cast<double>(peak) / kGiB);
     } else {
       struct rusage usage {};
       getrusage(RUSAGE_SELF, &usage);
-      ctx.step_info_append("max_rss", static_cast<double>(usage.ru_maxrss) * 1024.0 / kGiB);  // ru_maxrss is KiB
+      ctx.step_info_append(TLOOP_INFO_MAX_RSS, static_cast<double>(usage.ru_maxrss) * 1024.0 / kGiB);  // ru_maxrss is KiB
     }
   }
 

@@ -30,10 +30,10 @@ class Logging : public tloop::Hook {
   void after_step(tloop::Context& ctx) override {
     for (const auto& [key, values] : ctx.step_info()) {
       if (values.empty()) continue;
-      if (key == "max_memory" || key == "max_rss") {
+      if (key == TLOOP_INFO_MAX_MEMORY || key == TLOOP_INFO_MAX_RSS) {
         auto& m = max_[key];
         m = std::max(m, *std::max_element(values.begin(), values.end()));
-      } else if (key.rfind("lr/", 0) == 0) {
+      } else if (key.rfind(TLOOP_INFO_LR, 0) == 0) {
         last_[key] = values.back();  // the rate this step used, before the scheduler stepped
       } else {
         // Every value of every step weighs the same: the mean over micro-steps and steps.
@@ -52,7 +52,7 @@ class Logging : public tloop::Hook {
     tloop::Metrics metrics;
     for (const auto& [key, s] : sums_) {
       // "records/accuracy" is logged as train/accuracy, like trainloop's records.
-      const std::string name = key.rfind("records/", 0) == 0 ? key.substr(8) : key;
+      const std::string name = key.rfind(TLOOP_INFO_RECORD, 0) == 0 ? key.substr(sizeof(TLOOP_INFO_RECORD) - 1) : key;
       metrics.emplace_back("train/" + name, s.first / s.second);
     }
     for (const auto& [key, v] : max_) metrics.emplace_back("train/" + key, v);

@@ -126,19 +126,19 @@ class Progress : public tloop::Hook {
     };
     std::ostringstream os;
     os << "step " << step << "/" << max_steps;
-    if (auto t = get("step_time"); !t.empty()) os << " | step " << number(t[0]) << unit("s");
-    if (auto t = get("data_time"); !t.empty()) os << " | data " << number(sum(t)) << unit("s");
+    if (auto t = get(TLOOP_INFO_STEP_TIME); !t.empty()) os << " | step " << number(t[0]) << unit("s");
+    if (auto t = get(TLOOP_INFO_DATA_TIME); !t.empty()) os << " | data " << number(sum(t)) << unit("s");
     const double left = eta(step, max_steps);
     if (std::isfinite(left)) os << " | ETA " << duration(left);
-    for (const char* mem : {"max_memory", "max_rss"})
+    for (const char* mem : {TLOOP_INFO_MAX_MEMORY, TLOOP_INFO_MAX_RSS})
       if (auto m = get(mem); !m.empty()) os << " | mem " << number(m.back()) << unit(" GiB");
-    if (auto l = get("loss"); !l.empty()) os << " | loss " << number(mean(l));
-    if (auto g = get("grad_norm"); !g.empty()) os << " | grad_norm " << number(g.back());
+    if (auto l = get(TLOOP_INFO_LOSS); !l.empty()) os << " | loss " << number(mean(l));
+    if (auto g = get(TLOOP_INFO_GRAD_NORM); !g.empty()) os << " | grad_norm " << number(g.back());
     for (const auto& [k, v] : info)
-      if (k.rfind("lr/", 0) == 0 && !v.empty()) os << " | " << (k.size() > 3 ? "lr " + k.substr(3) : k) << " " << number(v.back());
+      if (k.rfind(TLOOP_INFO_LR, 0) == 0 && !v.empty()) os << " | " << (k.size() > 3 ? "lr " + k.substr(3) : k) << " " << number(v.back());
     if (with_records_)
       for (const auto& [k, v] : info)
-        if (k.rfind("records/", 0) == 0 && !v.empty()) os << " | " << k.substr(8) << " " << number(mean(v));
+        if (k.rfind(TLOOP_INFO_RECORD, 0) == 0 && !v.empty()) os << " | " << k.substr(sizeof(TLOOP_INFO_RECORD) - 1) << " " << number(mean(v));
     return os.str();
   }
 
@@ -151,7 +151,7 @@ class Progress : public tloop::Hook {
     const double elapsed = std::chrono::duration<double>(Clock::now() - start_time_).count();
     const double rate = elapsed > 0 ? static_cast<double>(step - start_step_) / elapsed : 0.0;
     const double left = eta(step, max_steps);
-    const std::vector<double> loss = ctx.step_info("loss");
+    const std::vector<double> loss = ctx.step_info(TLOOP_INFO_LOSS);
     char buf[256];
     std::snprintf(buf, sizeof(buf), "\r[%s] %3.0f%% %lld/%lld | %.1f steps/s | ETA %s | loss %s\033[K", bar.c_str(),
                   fraction * 100.0, static_cast<long long>(step), static_cast<long long>(max_steps), rate,
