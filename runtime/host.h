@@ -1,5 +1,6 @@
-// The host side of the plugin ABI: the tloop_host behind every context, the
-// function table plugins call, and the instances that wrap plugin calls.
+// The host side of the plugin ABI: the tloop_host behind every context and
+// its function table (host_api.cpp). The instances that wrap plugin calls
+// are in plugin_instance.h.
 #pragma once
 
 #include "plugin_loader.h"
@@ -60,6 +61,9 @@ using StepInfo = std::map<std::string, std::vector<double>>;
 using MetricsSink = std::function<void(int64_t step, const Metrics&)>;
 
 class HookInstance;
+
+/// The function table every plugin's context points to (host_api.cpp).
+const tloop_host_api* host_api_table();
 
 class Host {
  public:
@@ -158,83 +162,6 @@ class Host {
   std::optional<std::string> nested_failure_;
   int call_depth_ = 0;
   friend struct HostApi;
-};
-
-/// One created plugin: its `self` and the calls into it.
-class PluginInstance {
- public:
-  /// Creates the instance from validated options; throws PluginCreateError.
-  PluginInstance(const LoadedPlugin& plugin, Host& host, const toml::table& options, std::string label);
-  virtual ~PluginInstance();
-  PluginInstance(const PluginInstance&) = delete;
-  PluginInstance& operator=(const PluginInstance&) = delete;
-
-  /// "hooks[1] (progress)"
-  const std::string& label() const { return label_; }
-  const LoadedPlugin& plugin() const { return plugin_; }
-
- protected:
-  /// Calls `fn(self, ctx, args...)` if the plugin implements it; a failure
-  /// becomes a PluginError naming the plugin and the event.
-  template <class Fn, class... Args>
-  void call(const char* event, Fn fn, Args... args) {
-    if (fn == nullptr) return;
-    if (host_.call_depth() == 0) host_.take_nested_failure();  // a new top-level call
-    ++host_.call_depth();
-    const tloop_status status = fn(self_, host_.context(), args...);
-    --host_.call_depth();
-    if (status != TLOOP_OK) fail(event);
-  }
-  [[noreturn]] void fail(const char* event);
-
-  const LoadedPlugin& plugin_;
-  Host& host_;
-  std::string label_;
-  void* self_ = nullptr;
-};
-
-class HookInstance : public PluginInstance {
- public:
-  /// `state_key`: where its state lives in the run state ("hooks/<key>/").
-  HookInstance(const LoadedPlugin& plugin, Host& host, const toml::table& options, std::string label,
-               std::string state_key);
-  tloop_hook_phase phase() const { return plugin_.phase; }
-  void resume();
-  void before_train();
-  void before_step();
-  void before_optimizer_step();
-  void after_step();
-  void after_train();
-  /// Never throws: a failure is logged, the run's outcome stays as it was.
-  void finish(int exit_code) noexcept;
-  void on_log(const tloop_metric* metrics, size_t count);
-  void on_log_images(const tloop_image* images, size_t count);
-  void state_dict(StateDict& out);
-  void load_state_dict(const StateDict& in);
-  /// tloop.micro_step_events/1, when the hook offers it.
-  bool wants_micro_step_events() const { return micro_events_ != nullptr; }
-  void after_forward(int64_t micro_step);
-  void before_backward(int64_t micro_step);
-  void after_backward(int64_t micro_step);
-
- private:
-  const tloop_hook_vtable* vt_;
-  std::string state_prefix_;  // "hooks/<state key>/"
-  const tloop_micro_step_events_v1* micro_events_ = nullptr;
-};
-
-class TaskInstance : public PluginInstance {
- public:
-  TaskInstance(const LoadedPlugin& plugin, Host& host, const toml::table& options, std::string label);
-  void setup();
-  void next_batch();
-  /// The loss, or std::nullopt when the task skips backward.
-  std::optional<at::Tensor> forward();
-  void state_dict(StateDict& out, const std::string& prefix);
-  void load_state_dict(const StateDict& in, const std::string& prefix);
-
- private:
-  const tloop_task_vtable* vt_;
 };
 
 }  // namespace tloop

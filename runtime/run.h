@@ -2,7 +2,7 @@
 // workspace, the plugins and the trainer, and train.
 #pragma once
 
-#include "host.h"
+#include "plugin_instance.h"
 #include "optimizer.h"
 #include "plugin_loader.h"
 #include "spec.h"

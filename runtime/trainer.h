@@ -2,7 +2,7 @@
 #pragma once
 
 #include "grad_scaler.h"
-#include "host.h"
+#include "plugin_instance.h"
 #include "optimizer.h"
 #include "spec.h"
 

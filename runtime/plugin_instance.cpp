@@ -1,0 +1,111 @@
+// The instances that wrap a plugin's vtable: each call into the plugin, and
+// the error that names the plugin and the event when it fails.
+#include "plugin_instance.h"
+
+#include "log.h"
+
+#include <c10/core/TensorImpl.h>
+#include <tloop/keys.h>
+
+#define TLOOP_VT(vt, type, member) (TLOOP_HAS_MEMBER(vt, type, member) ? (vt)->member : nullptr)
+
+namespace tloop {
+namespace {
+using TensorPtr = c10::intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
+}  // namespace
+
+
+PluginInstance::PluginInstance(const LoadedPlugin& plugin, Host& host, const toml::table& options, std::string label)
+    : plugin_(plugin), host_(host), label_(std::move(label)) {
+  tloop_options opts{&options};
+  auto create = plugin.kind == TLOOP_KIND_HOOK ? plugin.descriptor->hook->create : plugin.descriptor->task->create;
+  if (create(host.context(), &opts, &self_) != TLOOP_OK || self_ == nullptr)
+    throw PluginCreateError(label_ + " could not be created: " + host.take_error());
+}
+
+PluginInstance::~PluginInstance() {
+  if (!self_) return;
+  if (plugin_.kind == TLOOP_KIND_HOOK)
+    plugin_.descriptor->hook->destroy(self_);
+  else
+    plugin_.descriptor->task->destroy(self_);
+}
+
+void PluginInstance::fail(const char* event) {
+  std::string own = host_.take_error();
+  if (host_.call_depth() == 0)
+    if (auto nested = host_.take_nested_failure())  // the author is the hook that failed inside
+      throw PluginError(*nested + " (while " + label_ + " was in " + event + ")");
+  throw PluginError(label_ + " failed in " + event + ": " + own);
+}
+
+HookInstance::HookInstance(const LoadedPlugin& plugin, Host& host, const toml::table& options, std::string label,
+                           std::string state_key)
+    : PluginInstance(plugin, host, options, std::move(label)),
+      vt_(plugin.descriptor->hook),
+      state_prefix_(TLOOP_STATE_HOOKS + state_key + "/") {
+  if (plugin.abi_minor < 3) return;  // extensions came with 1.3
+  if (auto get = TLOOP_VT(vt_, tloop_hook_vtable, get_extension)) {
+    const auto* ev = static_cast<const tloop_micro_step_events_v1*>(get(TLOOP_MICRO_STEP_EVENTS_ID));
+    if (ev && ev->struct_size >= sizeof(tloop_micro_step_events_v1)) micro_events_ = ev;
+  }
+}
+void HookInstance::after_forward(int64_t micro_step) { call("after_forward", micro_events_->after_forward, micro_step); }
+void HookInstance::before_backward(int64_t micro_step) {
+  call("before_backward", micro_events_->before_backward, micro_step);
+}
+void HookInstance::after_backward(int64_t micro_step) {
+  call("after_backward", micro_events_->after_backward, micro_step);
+}
+
+void HookInstance::resume() { call("resume", TLOOP_VT(vt_, tloop_hook_vtable, resume)); }
+void HookInstance::before_train() { call("before_train", TLOOP_VT(vt_, tloop_hook_vtable, before_train)); }
+void HookInstance::before_step() { call("before_step", TLOOP_VT(vt_, tloop_hook_vtable, before_step)); }
+void HookInstance::before_optimizer_step() {
+  call("before_optimizer_step", TLOOP_VT(vt_, tloop_hook_vtable, before_optimizer_step));
+}
+void HookInstance::after_step() { call("after_step", TLOOP_VT(vt_, tloop_hook_vtable, after_step)); }
+void HookInstance::after_train() { call("after_train", TLOOP_VT(vt_, tloop_hook_vtable, after_train)); }
+void HookInstance::finish(int exit_code) noexcept {
+  try {
+    call("finish", TLOOP_VT(vt_, tloop_hook_vtable, finish), static_cast<int32_t>(exit_code));
+  } catch (const std::exception& e) {
+    log::error(e.what());
+  }
+}
+void HookInstance::on_log(const tloop_metric* metrics, size_t count) {
+  call("on_log", TLOOP_VT(vt_, tloop_hook_vtable, on_log), metrics, count);
+}
+void HookInstance::on_log_images(const tloop_image* images, size_t count) {
+  call("on_log_images", TLOOP_VT(vt_, tloop_hook_vtable, on_log_images), images, count);
+}
+void HookInstance::state_dict(StateDict& out) {
+  tloop_state s{&out, nullptr, state_prefix_, nullptr};
+  call("state_dict", TLOOP_VT(vt_, tloop_hook_vtable, state_dict), &s);
+}
+void HookInstance::load_state_dict(const StateDict& in) {
+  tloop_state s{nullptr, &in, state_prefix_, nullptr};
+  call("load_state_dict", TLOOP_VT(vt_, tloop_hook_vtable, load_state_dict), static_cast<const tloop_state*>(&s));
+}
+
+TaskInstance::TaskInstance(const LoadedPlugin& plugin, Host& host, const toml::table& options, std::string label)
+    : PluginInstance(plugin, host, options, std::move(label)), vt_(plugin.descriptor->task) {}
+
+void TaskInstance::setup() { call("setup", vt_->setup); }
+void TaskInstance::next_batch() { call("next_batch", vt_->next_batch); }
+std::optional<at::Tensor> TaskInstance::forward() {
+  tloop_tensor loss = nullptr;
+  call("forward", vt_->forward, &loss);
+  if (loss == nullptr) return std::nullopt;
+  return at::Tensor(TensorPtr::reclaim(reinterpret_cast<c10::TensorImpl*>(loss)));
+}
+void TaskInstance::state_dict(StateDict& out, const std::string& prefix) {
+  tloop_state s{&out, nullptr, prefix, nullptr};
+  call("state_dict", TLOOP_VT(vt_, tloop_task_vtable, state_dict), &s);
+}
+void TaskInstance::load_state_dict(const StateDict& in, const std::string& prefix) {
+  tloop_state s{nullptr, &in, prefix, nullptr};
+  call("load_state_dict", TLOOP_VT(vt_, tloop_task_vtable, load_state_dict), static_cast<const tloop_state*>(&s));
+}
+
+}  // namespace tloop
