@@ -1,14 +1,13 @@
 #include "run.h"
 
 #include "log.h"
-
-#include <tloop/keys.h>
 #include "text.h"
 
 #include <ATen/Context.h>
 #include <ATen/core/grad_mode.h>
 #include <nlohmann/json.hpp>
 #include <torch/cuda.h>
+#include <tloop/keys.h>
 
 #include <chrono>
 #include <cmath>

@@ -1,10 +1,10 @@
 #include "trainer.h"
 
 #include "log.h"
-
-#include <tloop/keys.h>
 #include "signals.h"
 #include "text.h"
+
+#include <tloop/keys.h>
 
 #include <ATen/autocast_mode.h>
 #include <ATen/ops/_foreach_mul.h>
@@ -229,9 +229,7 @@ at::Tensor Trainer::sum_of_named_losses(bool forward_returned_a_loss) {
                             "losses, forward returns none: the loss is their sum"));
   StepInfo& info = host_.step_info();
   at::Tensor total;
-  for (const auto& [name, term] : host_.named_losses()) {
-    if (term.numel() != 1)
-      throw TrainingError(str(task_.label(), ": loss '", name, "' has ", term.numel(), " elements; it must be a scalar"));
+  for (const auto& [name, term] : host_.named_losses()) {  // scalars: add_loss refuses anything else
     info[TLOOP_INFO_LOSS_TERM + name].push_back(term.item<double>());
     total = total.defined() ? total + term : term;
   }
