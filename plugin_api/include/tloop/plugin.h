@@ -453,7 +453,9 @@ typedef const tloop_library* (*tloop_plugin_entry_fn)(void);
  *     copy to the host into the step info ("records/<key>", one value per
  *     micro-step), instead of one device sync per record.
  *   - publish: a tensor of this micro-step for hooks (embeddings, logits,
- *     targets). The host keeps a reference until the next micro-step.
+ *     targets). The host holds a reference until after_forward has returned
+ *     (so that the graph behind it can be freed); a hook that wants it longer
+ *     retains it.
  * From hooks, during after_forward (tloop.micro_step_events/1):
  *   - published: a published tensor, BORROWED: read it without a copy, or
  *     retain it (tensor_retain) to keep it.
