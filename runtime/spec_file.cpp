@@ -1,0 +1,95 @@
+// Reading a spec file: TOML parsing with locations, `--set key.path=value`
+// overrides, and the [plugins] paths (needed before any plugin is loaded).
+#include "spec.h"
+#include "spec_detail.h"
+
+#include "text.h"
+
+#include <algorithm>
+#include <filesystem>
+
+namespace tloop {
+namespace fs = std::filesystem;
+
+toml::table parse_spec(const std::string& file, const std::vector<std::string>& overrides) {
+  std::error_code ec;
+  if (!fs::is_regular_file(file, ec)) throw SpecError({file + ": spec file not found"});
+  toml::table root;
+  try {
+    root = toml::parse_file(file);
+  } catch (const toml::parse_error& e) {
+    throw SpecError({where(e.source(), file) + ": " + std::string(e.description())});
+  }
+
+  std::vector<std::string> problems;
+  for (const auto& arg : overrides) {
+    const std::string source = "--set " + arg;
+    const size_t eq = arg.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      problems.push_back(source + ": expected key.path=value");
+      continue;
+    }
+    const std::string value = arg.substr(eq + 1);
+    const std::vector<std::string> keys = split(arg.substr(0, eq), '.');
+    toml::table holder;
+    try {
+      holder = parse_literal(value, source);
+    } catch (const toml::parse_error&) {
+      holder = parse_literal(detail::toml_quote(value), source);  // a bare word is a string
+    }
+    toml::node* cur = &root;
+    std::string path;
+    bool ok = true;
+    for (size_t i = 0; i < keys.size() && ok; ++i) {
+      const std::string& k = keys[i];
+      const bool last = i + 1 == keys.size();
+      path = path.empty() ? k : path + "." + k;
+      if (k.empty()) {
+        problems.push_back(source + ": empty key in the key path");
+        ok = false;
+      } else if (toml::table* t = cur->as_table()) {
+        if (last) {
+          t->insert_or_assign(k, std::move(*holder.get("v")));  // a move keeps the source region
+        } else {
+          if (!t->contains(k)) t->insert(k, toml::table{});
+          cur = t->get(k);
+        }
+      } else if (toml::array* a = cur->as_array()) {
+        const bool numeric = std::all_of(k.begin(), k.end(), ::isdigit);
+        const size_t index = numeric ? std::stoul(k) : 0;
+        if (!numeric || index >= a->size()) {
+          problems.push_back(str(source, ": ", path, ": no such entry (the array has ", a->size(), ")"));
+          ok = false;
+        } else if (last) {
+          a->replace(a->cbegin() + static_cast<std::ptrdiff_t>(index), std::move(*holder.get("v")));
+        } else {
+          cur = a->get(index);
+        }
+      } else {
+        problems.push_back(source + ": " + path + " is not a table");
+        ok = false;
+      }
+    }
+  }
+  if (!problems.empty()) throw SpecError(problems);
+  return root;
+}
+
+std::vector<std::string> spec_plugin_paths(toml::table& root, const std::string& file) {
+  std::vector<std::string> problems;
+  if (!root.contains("plugins")) root.insert("plugins", toml::table{});
+  toml::table* plugins = root.get("plugins")->as_table();
+  if (plugins == nullptr)
+    throw SpecError({where(root.get("plugins")->source(), file) + ": plugins: expected a table ([plugins])"});
+  validate_table(*plugins, core_schema("plugins"), "plugins", problems);
+  if (!problems.empty()) throw SpecError(problems);
+  std::vector<std::string> out;
+  const fs::path base = fs::path(file).parent_path();
+  for (const auto& p : *(*plugins)["paths"].as_array()) {
+    fs::path path(p.as_string()->get());
+    out.push_back((path.is_absolute() ? path : base / path).lexically_normal().string());
+  }
+  return out;
+}
+
+}  // namespace tloop

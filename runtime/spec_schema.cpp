@@ -1,0 +1,146 @@
+// The generic part of the spec: validating a TOML table against a schema
+// (types, bounds, choices, unknown keys with a suggestion), filling defaults.
+// Used for the core sections and for every plugin's options alike.
+#include "spec.h"
+#include "spec_detail.h"
+
+#include "text.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace tloop {
+
+std::string where(const toml::source_region& r, const std::string& file) {
+  std::string path = r.path ? *r.path : file;
+  if (path.rfind("--set ", 0) == 0) return path;
+  if (r.begin.line == 0) return path;
+  return str(path, ":", r.begin.line, ":", r.begin.column);
+}
+
+std::string child_path(const std::string& parent, const std::string& key) {
+  return parent.empty() ? key : parent + "." + key;
+}
+
+std::string describe(const toml::node& n) {
+  std::ostringstream os;
+  switch (n.type()) {
+    case toml::node_type::table: return "a table";
+    case toml::node_type::array: return "an array";
+    case toml::node_type::string: os << "a string (\"" << n.as_string()->get() << "\")"; break;
+    case toml::node_type::integer: os << "an integer (" << n.as_integer()->get() << ")"; break;
+    case toml::node_type::floating_point: os << "a number (" << n.as_floating_point()->get() << ")"; break;
+    case toml::node_type::boolean: os << "a boolean (" << (n.as_boolean()->get() ? "true" : "false") << ")"; break;
+    default: os << "a " << n.type(); break;
+  }
+  return os.str();
+}
+
+toml::table parse_literal(const std::string& literal, const std::string& source) {
+  return toml::parse("v = " + literal, source);
+}
+
+namespace {
+
+const char* type_word(tloop_value_type t) {
+  switch (t) {
+    case TLOOP_TYPE_BOOL: return "a boolean";
+    case TLOOP_TYPE_INT: return "an integer";
+    case TLOOP_TYPE_DOUBLE: return "a number";
+    case TLOOP_TYPE_STRING: return "a string";
+    case TLOOP_TYPE_STRING_LIST: return "a list of strings";
+    case TLOOP_TYPE_INT_LIST: return "a list of integers";
+  }
+  return "a value";
+}
+
+bool type_ok(const toml::node& n, tloop_value_type t) {
+  switch (t) {
+    case TLOOP_TYPE_BOOL: return n.is_boolean();
+    case TLOOP_TYPE_INT: return n.is_integer();
+    case TLOOP_TYPE_DOUBLE: return n.is_number();
+    case TLOOP_TYPE_STRING: return n.is_string();
+    case TLOOP_TYPE_STRING_LIST: {
+      const toml::array* a = n.as_array();
+      return a && std::all_of(a->begin(), a->end(), [](const toml::node& e) { return e.is_string(); });
+    }
+    case TLOOP_TYPE_INT_LIST: {
+      const toml::array* a = n.as_array();
+      return a && std::all_of(a->begin(), a->end(), [](const toml::node& e) { return e.is_integer(); });
+    }
+  }
+  return false;
+}
+
+std::string number_text(double v) { return str(v); }
+
+}  // namespace
+
+void validate_table(toml::table& table, const Schema& schema, const std::string& key_path,
+                    std::vector<std::string>& problems, const std::vector<std::string>& extra_keys) {
+  const std::string file = table.source().path ? *table.source().path : "";
+  std::vector<std::string> known = extra_keys;
+  for (const auto& o : schema) known.push_back(o.name);
+
+  for (auto&& [key, node] : table) {
+    const std::string k(key.str());
+    if (std::find(known.begin(), known.end(), k) != known.end()) continue;
+    std::string msg = where(key.source(), file) + ": " + child_path(key_path, k) + ": unknown key";
+    const std::string suggestion = closest_match(k, known);
+    if (!suggestion.empty())
+      msg += "; did you mean '" + suggestion + "'?";
+    else
+      msg += " (known keys: " + join(known, ", ") + ")";
+    problems.push_back(msg);
+  }
+
+  for (const auto& o : schema) {
+    const std::string path = child_path(key_path, o.name);
+    toml::node* node = table.get(o.name);
+    if (node == nullptr) {
+      if (!o.default_literal) {
+        problems.push_back(where(table.source(), file) + ": " + path + ": missing required key (" +
+                           type_word(o.type) + ": " + o.doc + ")");
+      } else if (!o.default_literal->empty()) {
+        try {
+          toml::table holder = parse_literal(*o.default_literal, "default of " + path);
+          table.insert(o.name, *holder.get("v"));
+        } catch (const toml::parse_error& e) {
+          problems.push_back(path + ": the plugin's default '" + *o.default_literal + "' is not valid TOML");
+        }
+      }
+      continue;
+    }
+    const std::string at = where(node->source(), file) + ": " + path + ": ";
+    if (!type_ok(*node, o.type)) {
+      problems.push_back(at + "expected " + type_word(o.type) + ", got " + describe(*node));
+      continue;
+    }
+    if (o.type == TLOOP_TYPE_INT || o.type == TLOOP_TYPE_DOUBLE) {
+      const double v = node->is_integer() ? static_cast<double>(node->as_integer()->get())
+                                          : node->as_floating_point()->get();
+      if (std::isnan(v) || (o.min && v < *o.min) || (o.max && v > *o.max)) {
+        std::string range = o.min && o.max ? "between " + number_text(*o.min) + " and " + number_text(*o.max)
+                            : o.min      ? "at least " + number_text(*o.min)
+                            : o.max      ? "at most " + number_text(*o.max)
+                                         : "a number";
+        problems.push_back(at + "must be " + range + ", got " + describe(*node));
+        continue;
+      }
+      if (o.type == TLOOP_TYPE_DOUBLE && node->is_integer()) {
+        table.insert_or_assign(o.name, v);  // readers see one type
+      }
+    }
+    if (o.type == TLOOP_TYPE_STRING && !o.choices.empty()) {
+      const std::string v = node->as_string()->get();
+      if (std::find(o.choices.begin(), o.choices.end(), v) == o.choices.end()) {
+        std::string msg = at + "must be one of " + join(o.choices, ", ") + ", got \"" + v + "\"";
+        const std::string suggestion = closest_match(v, o.choices);
+        if (!suggestion.empty()) msg += "; did you mean '" + suggestion + "'?";
+        problems.push_back(msg);
+      }
+    }
+  }
+}
+
+}  // namespace tloop
