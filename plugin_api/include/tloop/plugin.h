@@ -474,10 +474,11 @@ typedef struct tloop_step_outputs_v1 {
 
 /* ---------------------------------------------------------------- host errors (host)
  *
- * Why the last host function that failed did (run_load_state_dict, a
- * state_put_*, log_metrics, add_loss, ...), so that a plugin can put the
- * host's words into its own error instead of replacing them: "" when none
- * failed yet. BORROWED until the next host call. */
+ * Why the last host function given `host` that failed did
+ * (run_load_state_dict, log_metrics, register_parameter, add_loss, ...;
+ * the state_* functions have no host and report only a status), so that a
+ * plugin can put the host's words into its own error instead of replacing
+ * them: "" when none failed yet. BORROWED until the next host call. */
 #define TLOOP_HOST_ERRORS_ID "tloop.host_errors/1"
 typedef struct tloop_host_errors_v1 {
   uint32_t struct_size;
