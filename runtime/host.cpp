@@ -26,24 +26,31 @@ void Host::add_tensor(const std::string& name, const at::Tensor& t, bool is_buff
   (is_buffer ? buffers_ : parameters_).emplace_back(name, t);
 }
 
-void Host::log_metrics(const Metrics& metrics) {
-  if (dispatching_) throw std::logic_error("log called from inside on_log or on_log_images");
+// Calls every hook, refusing re-entry (a log from inside on_log), and
+// remembers a failing hook as the author of the error (note_nested_failure).
+template <class Call>
+void Host::dispatch(Call call) {
   dispatching_ = true;
   struct Reset {
     bool& flag;
     ~Reset() { flag = false; }
   } reset{dispatching_};
+  try {
+    for (const auto& hook : *hooks_) call(*hook);
+  } catch (const PluginError& e) {
+    note_nested_failure(e.what());
+    throw;
+  }
+}
+
+void Host::log_metrics(const Metrics& metrics) {
+  if (dispatching_) throw std::logic_error("log called from inside on_log or on_log_images");
   for (const auto& sink : sinks_) sink(step_, metrics);
   if (!hooks_) return;
   std::vector<tloop_metric> raw_metrics;
   raw_metrics.reserve(metrics.size());
   for (const auto& [k, v] : metrics) raw_metrics.push_back({sizeof(tloop_metric), k.c_str(), v});
-  try {
-    for (const auto& hook : *hooks_) hook->on_log(raw_metrics.data(), raw_metrics.size());
-  } catch (const PluginError& e) {
-    note_nested_failure(e.what());
-    throw;
-  }
+  dispatch([&](HookInstance& hook) { hook.on_log(raw_metrics.data(), raw_metrics.size()); });
 }
 
 void Host::log_images(const tloop_image* images, size_t count) {
@@ -64,17 +71,7 @@ void Host::log_images(const tloop_image* images, size_t count) {
     copies.push_back(im);
   }
   if (!hooks_) return;
-  dispatching_ = true;
-  struct Reset {
-    bool& flag;
-    ~Reset() { flag = false; }
-  } reset{dispatching_};
-  try {
-    for (const auto& hook : *hooks_) hook->on_log_images(copies.data(), copies.size());
-  } catch (const PluginError& e) {
-    note_nested_failure(e.what());
-    throw;
-  }
+  dispatch([&](HookInstance& hook) { hook.on_log_images(copies.data(), copies.size()); });
 }
 
 }  // namespace tloop

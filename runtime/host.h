@@ -156,6 +156,8 @@ class Host {
   bool dispatching_ = false;
   std::function<void(StateDict&)> save_run_state_;
   std::function<void(const StateDict&)> load_run_state_;
+  template <class Call>
+  void dispatch(Call call);
   std::optional<int> exit_request_;
   std::string error_;
   std::string host_error_;  // the last host function failure, for tloop.host_errors/1

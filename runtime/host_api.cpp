@@ -342,19 +342,20 @@ struct HostApi {
     if (!H(h).exit_request_) H(h).exit_request_ = code;  // the first request wins
   }
   // ---- tloop.step_outputs/1
-  static tloop_status add_output(tloop_host* h, const char* name, tloop_tensor t, Host::NamedTensors Host::*list,
-                                 const char* what) {
+  // `scalar`: one element only; `once`: a name at most once per micro-step.
+  static tloop_status add_output(tloop_host* h, const char* name, tloop_tensor t, Host::NamedTensors& list,
+                                 const char* what, bool scalar, bool once) {
     try {
       if (!name || !*name || !t) throw std::invalid_argument(str(what, " needs a name and a tensor"));
       if (!H(h).in_forward_) throw std::logic_error(str(what, " is for a task's forward"));
       at::Tensor tensor = borrowed(t);
-      if (list != &Host::published_ && tensor.numel() != 1)
+      if (scalar && tensor.numel() != 1)
         throw std::invalid_argument(str(what, "('", name, "'): a tensor with ", tensor.numel(),
                                         " elements; it must be a scalar"));
-      for (const auto& [existing, _] : H(h).*list)
-        if (list != &Host::tensor_records_ && existing == name)
-          throw std::invalid_argument(str(what, "('", name, "') was given twice in one micro-step"));
-      (H(h).*list).emplace_back(name, std::move(tensor));
+      if (once)
+        for (const auto& [existing, _] : list)
+          if (existing == name) throw std::invalid_argument(str(what, "('", name, "') was given twice in one micro-step"));
+      list.emplace_back(name, std::move(tensor));
       return TLOOP_OK;
     } catch (const std::exception& e) {
       H(h).host_failed(e.what());
@@ -362,13 +363,13 @@ struct HostApi {
     }
   }
   static tloop_status add_loss(tloop_host* h, const char* name, tloop_tensor t) {
-    return add_output(h, name, t, &Host::named_losses_, "add_loss");
+    return add_output(h, name, t, H(h).named_losses_, "add_loss", /*scalar=*/true, /*once=*/true);
   }
   static tloop_status record_tensor(tloop_host* h, const char* key, tloop_tensor t) {
-    return add_output(h, key, t, &Host::tensor_records_, "record_tensor");
+    return add_output(h, key, t, H(h).tensor_records_, "record_tensor", /*scalar=*/true, /*once=*/false);
   }
   static tloop_status publish(tloop_host* h, const char* name, tloop_tensor t) {
-    return add_output(h, name, t, &Host::published_, "publish");
+    return add_output(h, name, t, H(h).published_, "publish", /*scalar=*/false, /*once=*/true);
   }
   static tloop_status published(tloop_host* h, const char* name, tloop_tensor* out) {
     if (!name || !out) return TLOOP_INVALID_ARGUMENT;
