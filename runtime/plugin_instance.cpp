@@ -3,6 +3,7 @@
 #include "plugin_instance.h"
 
 #include "log.h"
+#include "text.h"
 
 #include <c10/core/TensorImpl.h>
 #include <tloop/keys.h>
@@ -89,7 +90,13 @@ void HookInstance::load_state_dict(const StateDict& in) {
 }
 
 TaskInstance::TaskInstance(const LoadedPlugin& plugin, Host& host, const toml::table& options, std::string label)
-    : PluginInstance(plugin, host, options, std::move(label)), vt_(plugin.descriptor->task) {}
+    : PluginInstance(plugin, host, options, std::move(label)), vt_(plugin.descriptor->task) {
+  if (plugin.abi_minor < 3) return;  // extensions came with 1.3
+  if (auto get = TLOOP_VT(vt_, tloop_task_vtable, get_extension)) {
+    const auto* ep = static_cast<const tloop_epochs_v1*>(get(TLOOP_EPOCHS_ID));
+    if (ep && ep->struct_size >= sizeof(tloop_epochs_v1) && ep->batches_per_epoch) epochs_ = ep;
+  }
+}
 
 void TaskInstance::setup() { call("setup", vt_->setup); }
 void TaskInstance::next_batch() { call("next_batch", vt_->next_batch); }
@@ -98,6 +105,15 @@ std::optional<at::Tensor> TaskInstance::forward() {
   call("forward", vt_->forward, &loss);
   if (loss == nullptr) return std::nullopt;
   return at::Tensor(TensorPtr::reclaim(reinterpret_cast<c10::TensorImpl*>(loss)));
+}
+std::optional<int64_t> TaskInstance::batches_per_epoch() {
+  if (!epochs_) return std::nullopt;
+  int64_t n = 0;
+  const tloop_status status = invoke(epochs_->batches_per_epoch, &n);
+  if (status == TLOOP_NOT_FOUND) return std::nullopt;
+  if (status != TLOOP_OK) fail("batches_per_epoch");
+  if (n <= 0) throw PluginError(str(label_, " declared an epoch of ", n, " batches (batches_per_epoch); it must be at least 1"));
+  return n;
 }
 void TaskInstance::state_dict(StateDict& out, const std::string& prefix) {
   tloop_state s{&out, nullptr, prefix, nullptr};

@@ -28,11 +28,16 @@ class PluginInstance {
   template <class Fn, class... Args>
   void call(const char* event, Fn fn, Args... args) {
     if (fn == nullptr) return;
+    if (invoke(fn, args...) != TLOOP_OK) fail(event);
+  }
+  /// Calls `fn(self, ctx, args...)` and returns its status.
+  template <class Fn, class... Args>
+  tloop_status invoke(Fn fn, Args... args) {
     if (host_.call_depth() == 0) host_.take_nested_failure();  // a new top-level call
     ++host_.call_depth();
     const tloop_status status = fn(self_, host_.context(), args...);
     --host_.call_depth();
-    if (status != TLOOP_OK) fail(event);
+    return status;
   }
   [[noreturn]] void fail(const char* event);
 
@@ -81,9 +86,14 @@ class TaskInstance : public PluginInstance {
   std::optional<at::Tensor> forward();
   void state_dict(StateDict& out, const std::string& prefix);
   void load_state_dict(const StateDict& in, const std::string& prefix);
+  /// tloop.epochs/1 (call after setup): micro-batches per epoch, or
+  /// std::nullopt when the task has no epochs. Throws PluginError for a
+  /// length that is not positive.
+  std::optional<int64_t> batches_per_epoch();
 
  private:
   const tloop_task_vtable* vt_;
+  const tloop_epochs_v1* epochs_ = nullptr;
 };
 
 }  // namespace tloop

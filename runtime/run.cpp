@@ -168,6 +168,7 @@ StateDict Run::run_state() const {
     for (const auto& [name, t] : *list) state[TLOOP_STATE_MODEL + name] = t;
   optimizer_->state_dict(host_->parameters(), state);
   state[TLOOP_STATE_STEP] = host_->step();
+  state[TLOOP_STATE_BATCHES] = trainer_->batches();
   if (GradScaler* scaler = trainer_->scaler()) {
     state[TLOOP_STATE_GRAD_SCALER_SCALE] = scaler->scale_tensor();
     state[TLOOP_STATE_GRAD_SCALER_GROWTH] = scaler->growth_tracker();
@@ -199,6 +200,10 @@ void Run::load_run_state(const StateDict& state) {
   }
   optimizer_->load_state_dict(host_->parameters(), state);
   host_->set_step(state_get<int64_t>(state, TLOOP_STATE_STEP));
+  // Checkpoints written before tloop counted batches: every step drew its
+  // gradient_accumulation_steps batches, unless it was retried.
+  trainer_->set_batches(state.count(TLOOP_STATE_BATCHES) ? state_get<int64_t>(state, TLOOP_STATE_BATCHES)
+                                                         : host_->step() * spec_.gradient_accumulation_steps);
   if (GradScaler* scaler = trainer_->scaler()) {
     scaler->scale_tensor().copy_(state_get<at::Tensor>(state, TLOOP_STATE_GRAD_SCALER_SCALE));
     scaler->growth_tracker().copy_(state_get<at::Tensor>(state, TLOOP_STATE_GRAD_SCALER_GROWTH));

@@ -77,6 +77,11 @@ Trainer::Trainer(TrainerConfig config, Host& host, TaskInstance& task,
     if (p.requires_grad()) params_.push_back(p);
   for (auto& hook : hooks_)
     if (hook->wants_micro_step_events()) micro_step_hooks_.push_back(hook.get());
+  batches_per_epoch_ = task_.batches_per_epoch();
+  if (batches_per_epoch_)
+    log::info(str(task_.label(), ": ", *batches_per_epoch_, " batches per epoch (",
+                  static_cast<double>(*batches_per_epoch_) / static_cast<double>(config_.gradient_accumulation_steps),
+                  " steps)"));
   if (config_.autocast_dtype == c10::kHalf) scaler_ = std::make_unique<GradScaler>(config_.device);
 }
 
@@ -100,6 +105,9 @@ void Trainer::run_steps() {
   // The learning rate of the next step is a function of the steps done,
   // which also makes a resumed run pick up exactly where it stopped.
   optimizer_.set_lr_factor(lr_factor(config_.scheduler, host_.step(), config_.max_steps));
+  // Hooks see the epoch from before_train on: whether the task has epochs
+  // at all, and where a resumed run stands.
+  if (batches_per_epoch_) host_.step_info()[TLOOP_INFO_EPOCH] = {static_cast<double>(batches_ / *batches_per_epoch_)};
   for_each_hook(&HookInstance::before_train);
   boundary_signal_ = pending_signal();  // a signal before the first step: no step runs
   while (host_.step() < config_.max_steps) {
@@ -115,8 +123,10 @@ void Trainer::run_steps() {
 
 void Trainer::run_step() {
   const auto t0 = Clock::now();
-  for_each_hook(&HookInstance::before_step);
   StepInfo& info = host_.step_info();
+  const int64_t epochs_before = batches_per_epoch_ ? batches_ / *batches_per_epoch_ : 0;
+  if (batches_per_epoch_) info[TLOOP_INFO_EPOCH].push_back(static_cast<double>(epochs_before));
+  for_each_hook(&HookInstance::before_step);
 
   int64_t retries = 0;
   for (;;) {
@@ -162,6 +172,7 @@ void Trainer::run_step() {
 
   info[TLOOP_INFO_RETRIES].push_back(static_cast<double>(retries));
   info[TLOOP_INFO_STEP_TIME].push_back(seconds_since(t0));
+  if (batches_per_epoch_) info[TLOOP_INFO_EPOCH_END].push_back(static_cast<double>(batches_ / *batches_per_epoch_ - epochs_before));
   // The loop stops after this step only for a signal that was already
   // pending when after_step began, so every hook's after_step saw it (a
   // checkpointing hook saves on it); a later one waits for the next step.
@@ -176,6 +187,7 @@ void Trainer::accumulate() {
   for (int64_t forwards = 0; micro_steps < config_.gradient_accumulation_steps; ++forwards) {
     const auto t0 = Clock::now();
     task_.next_batch();
+    ++batches_;
     info[TLOOP_INFO_DATA_TIME].push_back(seconds_since(t0));
 
     host_.micro_records().clear();

@@ -48,6 +48,10 @@ class Trainer {
   std::optional<double> last_loss() const { return last_loss_; }
   const std::map<std::string, double>& last_records() const { return last_records_; }
   GradScaler* scaler() { return scaler_.get(); }
+  /// Micro-batches drawn so far (next_batch calls): the run's data position,
+  /// from which epochs are counted (tloop.epochs/1). Saved in the run state.
+  int64_t batches() const { return batches_; }
+  void set_batches(int64_t batches) { batches_ = batches; }
 
  private:
   void run_steps();
@@ -67,6 +71,8 @@ class Trainer {
   Optimizer& optimizer_;
   std::vector<at::Tensor> params_;
   std::vector<HookInstance*> micro_step_hooks_;  // those offering tloop.micro_step_events/1
+  std::optional<int64_t> batches_per_epoch_;    // the task's epoch length, when it declares one
+  int64_t batches_ = 0;
   int boundary_signal_ = 0;                      // pending when the last after_step began
   std::unique_ptr<GradScaler> scaler_;
   bool warned_none_loss_ = false;

@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <regex>
@@ -223,4 +224,99 @@ TEST_CASE("progress counts its ETA from the resumed step after a resume") {
   REQUIRE(at != std::string::npos);
   CHECK(std::regex_search(r.output.substr(at, r.output.find('\n', at) - at), kEta));
   CHECK(r.output.find("Finished training: 20 steps in") != std::string::npos);
+}
+
+namespace {
+
+// scripted_task declaring 5 batches per epoch, accumulation 2, with
+// event_recorder writing each step's info, and `hooks` after it.
+std::string epochs_spec(int steps, const std::string& events, const std::string& task_options,
+                        const std::string& hooks) {
+  return kTestPlugins + "[trainer]\nmax_steps = " + std::to_string(steps) +
+         "\ngradient_accumulation_steps = 2\nmax_non_finite_grad_retries = 3\n"
+         "[task]\nplugin = \"scripted_task\"\nbatches_per_epoch = 5\n" + task_options +
+         "\n[optimizer]\ntype = \"sgd\"\nlr = 0.1\n"
+         "[[hooks]]\nplugin = \"event_recorder\"\nstep_info = true\nfile = \"" + events + "\"\n" + hooks;
+}
+
+}  // namespace
+
+TEST_CASE("a task that declares epochs gets epoch and epoch_end per step, counted in batches drawn") {
+  TempDir dir;
+  const std::string events = (dir / "events.txt").string();
+  // The first forward's loss is NaN: step 1 is retried, and its first
+  // attempt's two batches were drawn, so step s ends with 2s + 2 batches.
+  test::train(dir, epochs_spec(12, events, "nan_forwards = 1",
+                               "[[hooks]]\nplugin = \"logging\"\ninterval_epochs = 2\n"
+                               "[[hooks]]\nplugin = \"checkpointing\"\ninterval_epochs = 2\nkeep_previous = 100\n"));
+  const auto info = recorded_step_info(events);
+  REQUIRE(info.size() == 12);
+  const auto batches_after = [](int s) { return s == 0 ? 0 : 2 * s + 2; };
+  std::vector<int> epoch_ends;
+  for (int s = 1; s <= 12; ++s) {
+    INFO("step ", s);
+    const int before = batches_after(s - 1) / 5, after = batches_after(s) / 5;
+    CHECK(info.at(s).at("epoch") == std::vector<double>{static_cast<double>(before)});
+    CHECK(info.at(s).at("epoch_end") == std::vector<double>{static_cast<double>(after - before)});
+    if (after > before) epoch_ends.push_back(s);
+  }
+  CHECK(epoch_ends == std::vector<int>{2, 4, 7, 9, 12});  // 6, 10, 16, 20, 26 batches
+
+  // Every second epoch ends at steps 4 and 9 (epochs 2 and 4 complete); the last step, 12, always.
+  std::vector<int64_t> rows;
+  std::vector<double> epochs;
+  for (const auto& line : test::read_lines(dir / "ws" / "metrics.jsonl")) {
+    const auto row = nlohmann::json::parse(line);
+    rows.push_back(row["step"].get<int64_t>());
+    epochs.push_back(row["train/epoch"].get<double>());
+    CHECK(!row.contains("train/epoch_end"));
+  }
+  CHECK(rows == std::vector<int64_t>{4, 9, 12});
+  CHECK(epochs == std::vector<double>{1, 3, 4});  // the epoch of each row's last step
+  std::vector<std::string> saved;
+  for (const auto& e : test::fs::directory_iterator(dir / "ws" / "checkpoints"))
+    if (e.is_directory()) saved.push_back(e.path().filename().string());
+  std::sort(saved.begin(), saved.end());
+  CHECK(saved == std::vector<std::string>{"12", "4", "9"});
+}
+
+TEST_CASE("a resumed run counts epochs on from the checkpoint's batches") {
+  TempDir dir;
+  const std::string whole = (dir / "whole.txt").string(), parts = (dir / "parts.txt").string();
+  test::train(dir, epochs_spec(12, whole, "nan_forwards = 1", ""), {"run.workspace=" + (dir / "a").string()});
+  const std::string spec = epochs_spec(12, parts, "nan_forwards = 1", "[[hooks]]\nplugin = \"checkpointing\"\ninterval = 5\n");
+  const std::string ws = "run.workspace=" + (dir / "b").string();
+  test::train(dir, spec, {ws, "trainer.max_steps=5"});
+  test::train(dir, spec, {ws});  // resumes at step 5
+  const auto a = recorded_step_info(whole), b = recorded_step_info(parts);
+  for (int s = 1; s <= 12; ++s) {
+    INFO("step ", s);
+    CHECK(b.at(s).at("epoch") == a.at(s).at("epoch"));
+    CHECK(b.at(s).at("epoch_end") == a.at(s).at("epoch_end"));
+  }
+  CHECK(a.at(12).at("epoch") == std::vector<double>{4});  // 24 batches before step 12 (retried step 1 included)
+}
+
+TEST_CASE("intervals in epochs need a task with epochs, and an epoch length must be positive") {
+  TempDir dir;
+  for (const char* hook : {"logging", "checkpointing"}) {
+    INFO(hook);
+    const std::string spec = linear_spec(2, std::string("[[hooks]]\nplugin = \"") + hook + "\"\ninterval_epochs = 1\n");
+    try {
+      test::train(dir, spec);
+      FAIL("a run with interval_epochs and no epochs trained");
+    } catch (const std::exception& e) {
+      const std::string what = e.what();
+      CHECK(what.find(hook) != std::string::npos);
+      CHECK(what.find("interval_epochs = 1 counts epochs, but the task declares no epoch length") != std::string::npos);
+    }
+  }
+  try {
+    std::string spec = epochs_spec(2, (dir / "e.txt").string(), "", "");
+    spec.replace(spec.find("batches_per_epoch = 5"), 21, "batches_per_epoch = -3");
+    test::train(dir, spec);
+    FAIL("a negative epoch length was accepted");
+  } catch (const std::exception& e) {
+    CHECK(std::string(e.what()).find("declared an epoch of -3 batches") != std::string::npos);
+  }
 }

@@ -25,6 +25,8 @@ class ScriptedTask : public tloop::Task {
                 tloop::option("outputs", "loss", "what forward gives: loss | named (add_loss 'a' and 'b', "
                                                  "record_tensor 'w_sum', publish 'w2') | named_and_loss")
                     .one_of({"loss", "named", "named_and_loss"}),
+                tloop::option("batches_per_epoch", 0, "epoch length declared (tloop.epochs/1); 0: no epochs; "
+                                                     "negative: declared as given (a bad length)"),
             }};
   }
   ScriptedTask(tloop::Context&, const tloop::Options& o)
@@ -34,7 +36,8 @@ class ScriptedTask : public tloop::Task {
         nan_forwards_(o.get_int("nan_forwards")),
         fail_in_(o.get_string("fail_in")),
         image_keys_(o.get_string_list("image_keys")),
-        outputs_(o.get_string("outputs")) {
+        outputs_(o.get_string("outputs")),
+        batches_per_epoch_(o.get_int("batches_per_epoch")) {
     if (fail_in_ == "create") throw tloop::Error("scripted failure in create");
   }
 
@@ -44,6 +47,18 @@ class ScriptedTask : public tloop::Task {
     tloop::register_parameter(ctx, "w", w_);
   }
   void next_batch(tloop::Context&) override { ++batches_; }
+  // The counters make a resumed run draw the same faults as an uninterrupted one.
+  void state_dict(tloop::Context&, tloop::StateWriter& out) override {
+    out.put("batches", batches_);
+    out.put("forwards", forwards_);
+  }
+  void load_state_dict(tloop::Context&, const tloop::StateReader& in) override {
+    batches_ = in.get_int("batches").value_or(0);
+    forwards_ = in.get_int("forwards").value_or(0);
+  }
+  std::optional<int64_t> batches_per_epoch(tloop::Context&) override {
+    return batches_per_epoch_ == 0 ? std::nullopt : std::optional<int64_t>(batches_per_epoch_);
+  }
   std::optional<at::Tensor> forward(tloop::Context& ctx) override {
     ++forwards_;
     if (fail_in_ == "forward") throw tloop::Error("scripted failure in forward");
@@ -79,6 +94,7 @@ class ScriptedTask : public tloop::Task {
   std::string fail_in_;
   std::vector<std::string> image_keys_;
   std::string outputs_;
+  int64_t batches_per_epoch_;
   uint8_t pixels_[2 * 3 * 4] = {};
   int64_t batches_ = 0, forwards_ = 0;
   at::Tensor w_;

@@ -22,6 +22,9 @@
 #define TLOOP_INFO_RETRIES "retries"         /* attempts repeated for non-finite gradients */
 #define TLOOP_INFO_LOSS_SCALE "loss_scale"   /* fp16: the grad scaler's scale used by the step */
 #define TLOOP_INFO_LR "lr/"                  /* + param group: the learning rate the step used */
+/* Written by the host, one value per step, when the task declares epochs (tloop.epochs/1). */
+#define TLOOP_INFO_EPOCH "epoch"             /* epochs completed before the step began (0-based) */
+#define TLOOP_INFO_EPOCH_END "epoch_end"     /* epochs completed during the step (1 at an epoch's end) */
 /* Written by built-in hooks. */
 #define TLOOP_INFO_MAX_MEMORY "max_memory"   /* cuda_max_memory: peak CUDA memory of the step, GiB */
 #define TLOOP_INFO_MAX_RSS "max_rss"         /* cuda_max_memory on CPU: peak resident memory, GiB */
@@ -34,6 +37,7 @@
 #define TLOOP_STATE_MODEL "model/"           /* + parameter or buffer name */
 #define TLOOP_STATE_OPTIMIZER "optimizer/"   /* + group name + "/" + ... */
 #define TLOOP_STATE_STEP "trainer/step"
+#define TLOOP_STATE_BATCHES "trainer/batches" /* micro-batches drawn so far (tasks with epochs) */
 #define TLOOP_STATE_GRAD_SCALER_SCALE "grad_scaler/scale"
 #define TLOOP_STATE_GRAD_SCALER_GROWTH "grad_scaler/growth_tracker"
 #define TLOOP_STATE_RNG_CPU "rng/cpu"

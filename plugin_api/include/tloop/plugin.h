@@ -505,6 +505,27 @@ typedef struct tloop_micro_step_events_v1 {
   tloop_status (*after_backward)(void* self, const tloop_context* ctx, int64_t micro_step);
 } tloop_micro_step_events_v1;
 
+/* ---------------------------------------------------------------- epochs (task)
+ *
+ * A task that offers this extension declares how long one pass over its
+ * training data is. The host calls batches_per_epoch once, after setup:
+ * TLOOP_OK with *out > 0, or TLOOP_NOT_FOUND when this instance has no epochs
+ * (a stream). The host then counts the micro-batches drawn (next_batch
+ * calls, those of retried attempts included: their data was used) and keeps
+ * the count in the run state ("trainer/batches"), so a resumed run counts on.
+ * Each step's info holds "epoch", the epochs completed before the step began
+ * (0-based, the epoch of the step's first batch: Lightning's current_epoch),
+ * and "epoch_end", the epochs completed during the step (1 at the step that
+ * drew an epoch's last batch, 0 elsewhere). The step info holds "epoch"
+ * already in before_train (the epoch the first step will belong to), so a
+ * hook can tell there whether the task has epochs. Hooks read them from the
+ * step info (SDK: ctx.epoch(), ctx.epochs_ended(), tloop::Every). */
+#define TLOOP_EPOCHS_ID "tloop.epochs/1"
+typedef struct tloop_epochs_v1 {
+  uint32_t struct_size;
+  tloop_status (*batches_per_epoch)(void* self, const tloop_context* ctx, int64_t* out);
+} tloop_epochs_v1;
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

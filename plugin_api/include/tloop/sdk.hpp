@@ -271,6 +271,23 @@ class Context {
         &out);
     return out;
   }
+  /// The epoch the current step belongs to (epochs completed before it
+  /// began, 0-based), or std::nullopt when the task declares no epochs
+  /// (tloop.epochs/1). From before_train on (there: the first step's epoch).
+  std::optional<int64_t> epoch() const {
+    const double* v = nullptr;
+    size_t n = 0;
+    if (api_->step_info_get(host_, TLOOP_INFO_EPOCH, &v, &n) != TLOOP_OK || n == 0) return std::nullopt;
+    return static_cast<int64_t>(v[n - 1]);
+  }
+  /// Epochs the current step completed (1 at the step that drew an epoch's
+  /// last batch); 0 before after_step and without epochs.
+  int64_t epochs_ended() const {
+    const double* v = nullptr;
+    size_t n = 0;
+    if (api_->step_info_get(host_, TLOOP_INFO_EPOCH_END, &v, &n) != TLOOP_OK || n == 0) return 0;
+    return static_cast<int64_t>(v[n - 1]);
+  }
   void step_info_append(const std::string& key, double value) const {
     api_->step_info_append(host_, key.c_str(), value);
   }
@@ -302,6 +319,32 @@ class Context {
   const tloop_context* ctx_;
   const tloop_host_api* api_;
   tloop_host* host_;
+};
+
+/// An interval given in steps or in epochs, as a hook's options give it
+/// (`interval`, `interval_epochs`): `due` in after_step says whether the step
+/// just done ends one. With `epochs` > 0 it counts epochs only: it is due at
+/// the end of every `epochs`-th epoch, and needs a task that declares its
+/// epoch length (check it with `require` in before_train).
+struct Every {
+  int64_t steps = 0;
+  int64_t epochs = 0;
+
+  bool due(const Context& ctx) const {
+    if (epochs > 0) {
+      const std::optional<int64_t> e = ctx.epoch();
+      const int64_t ended = ctx.epochs_ended();
+      return e && ended > 0 && (*e + ended) / epochs > *e / epochs;
+    }
+    return steps > 0 && ctx.step() % steps == 0;
+  }
+  /// Throws when epochs are asked for but the task has none; `option` names
+  /// the option in the message.
+  void require(const Context& ctx, const std::string& option) const {
+    if (epochs > 0 && !ctx.epoch())
+      throw Error(option + " = " + std::to_string(epochs) +
+                  " counts epochs, but the task declares no epoch length (tloop.epochs/1); give the interval in steps");
+  }
 };
 
 /// A state dictionary being written.

@@ -185,6 +185,10 @@ class Task {
   virtual std::optional<at::Tensor> forward(Context& ctx) = 0;
   virtual void state_dict(Context&, StateWriter&) {}
   virtual void load_state_dict(Context&, const StateReader&) {}
+  /// The number of micro-batches (next_batch calls) in one pass over the
+  /// training data, or std::nullopt for none (a stream): with it the host
+  /// counts epochs (tloop.epochs/1). Called once, after setup.
+  virtual std::optional<int64_t> batches_per_epoch(Context&) { return std::nullopt; }
 };
 
 namespace detail {
@@ -213,10 +217,26 @@ struct TaskAdapter {
       }
     });
   }
+  static tloop_status batches_per_epoch(void* self, const tloop_context* c, int64_t* out) noexcept {
+    std::optional<int64_t> n;
+    const tloop_status st = guarded(c, [&] {
+      Context ctx(c);
+      n = static_cast<T*>(self)->batches_per_epoch(ctx);
+    });
+    if (st != TLOOP_OK) return st;
+    if (!n) return TLOOP_NOT_FOUND;
+    *out = *n;
+    return TLOOP_OK;
+  }
+  static const void* get_extension(const char* id) noexcept {
+    static const tloop_epochs_v1 epochs = {sizeof(tloop_epochs_v1), &batches_per_epoch};
+    if (id != nullptr && std::strcmp(id, TLOOP_EPOCHS_ID) == 0) return &epochs;
+    return T::get_extension(id);
+  }
   static const tloop_task_vtable* vtable() {
     static const tloop_task_vtable vt = {
         sizeof(tloop_task_vtable), &create<T>,         &destroy<T>, &setup, &next_batch, &forward,
-        &detail::state_dict<T>,    &detail::load_state_dict<T>, &T::get_extension,
+        &detail::state_dict<T>,    &detail::load_state_dict<T>, &get_extension,
     };
     return &vt;
   }

@@ -175,6 +175,10 @@ class Checkpointing : public tloop::Hook {
             "Durable, verified checkpoints every interval steps; resumes exactly; saves on signals",
             {
                 tloop::option("interval", 1000, "steps between checkpoints (the last step is always saved)").at_least(1),
+                tloop::option("interval_epochs", 0,
+                              "epochs between checkpoints, saved at an epoch's last step, instead of interval "
+                              "(0: count steps; needs a task with epochs)")
+                    .at_least(0),
                 tloop::option("keep_previous", 0, "regular checkpoints kept besides the newest").at_least(0),
                 tloop::option("keep_interval", 0, "checkpoints at multiples of this step are kept forever (0: none)")
                     .at_least(0),
@@ -195,7 +199,7 @@ class Checkpointing : public tloop::Hook {
   }
 
   Checkpointing(tloop::Context& ctx, const tloop::Options& o)
-      : interval_(o.get_int("interval")),
+      : every_{o.get_int("interval"), o.get_int("interval_epochs")},
         keep_previous_(o.get_int("keep_previous")),
         keep_interval_(o.get_int("keep_interval")),
         load_(o.get_string("load")),
@@ -240,6 +244,8 @@ class Checkpointing : public tloop::Hook {
     if (fs::exists(root_)) ctx.info("checkpointing: no valid checkpoint in " + root_.string() + "; starting from step 0");
   }
 
+  void before_train(tloop::Context& ctx) override { every_.require(ctx, "interval_epochs"); }
+
   // Saving is the last phase: the loggers have read this step's info already,
   // so the timings of a save reach the step info of the step after it.
   void before_step(tloop::Context& ctx) override {
@@ -252,7 +258,7 @@ class Checkpointing : public tloop::Hook {
     const int64_t step = ctx.step();
     const int sig = ctx.pending_signal();
     const bool exit_now = sig != 0 && exit_signals_.count(sig) > 0;
-    if (step % interval_ == 0 || step == ctx.max_steps() || exit_now) save(ctx, step);
+    if (every_.due(ctx) || step == ctx.max_steps() || exit_now) save(ctx, step);
     if (exit_now) {
       collect_finished_save(ctx, /*wait=*/true);
       const int code = exit_code_.value_or(128 + sig);
@@ -427,7 +433,8 @@ class Checkpointing : public tloop::Hook {
     }
   }
 
-  int64_t interval_, keep_previous_, keep_interval_;
+  tloop::Every every_;
+  int64_t keep_previous_, keep_interval_;
   std::set<int64_t> keep_steps_;
   std::string load_;
   std::set<int> exit_signals_;

@@ -126,6 +126,7 @@ class Progress : public tloop::Hook {
     };
     std::ostringstream os;
     os << "step " << step << "/" << max_steps;
+    if (auto e = get(TLOOP_INFO_EPOCH); !e.empty()) os << " | epoch " << static_cast<long long>(e.back());
     if (auto t = get(TLOOP_INFO_STEP_TIME); !t.empty()) os << " | step " << number(t[0]) << unit("s");
     if (auto t = get(TLOOP_INFO_DATA_TIME); !t.empty()) os << " | data " << number(sum(t)) << unit("s");
     const double left = eta(step, max_steps);
@@ -152,9 +153,11 @@ class Progress : public tloop::Hook {
     const double rate = elapsed > 0 ? static_cast<double>(step - start_step_) / elapsed : 0.0;
     const double left = eta(step, max_steps);
     const std::vector<double> loss = ctx.step_info(TLOOP_INFO_LOSS);
+    const std::optional<int64_t> epoch = ctx.epoch();
+    const std::string epoch_text = epoch ? "epoch " + std::to_string(*epoch) + " " : "";
     char buf[256];
-    std::snprintf(buf, sizeof(buf), "\r[%s] %3.0f%% %lld/%lld | %.1f steps/s | ETA %s | loss %s\033[K", bar.c_str(),
-                  fraction * 100.0, static_cast<long long>(step), static_cast<long long>(max_steps), rate,
+    std::snprintf(buf, sizeof(buf), "\r%s[%s] %3.0f%% %lld/%lld | %.1f steps/s | ETA %s | loss %s\033[K", epoch_text.c_str(),
+                  bar.c_str(), fraction * 100.0, static_cast<long long>(step), static_cast<long long>(max_steps), rate,
                   std::isfinite(left) ? duration(left).c_str() : "?", loss.empty() ? "-" : number(mean(loss)).c_str());
     std::fputs(buf, stdout);
     std::fflush(stdout);

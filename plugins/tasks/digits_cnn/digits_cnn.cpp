@@ -132,6 +132,9 @@ class DigitsCnn : public tloop::Task {
     tloop::register_module(ctx, *net_);
   }
 
+  // next_batch starts a new epoch when fewer than batch_size samples are left.
+  std::optional<int64_t> batches_per_epoch(tloop::Context&) override { return x_train_.size(0) / batch_size_; }
+
   void next_batch(tloop::Context&) override {
     const int64_t n = x_train_.size(0);
     if (cursor_ + batch_size_ > n || !order_.defined()) {
