@@ -18,7 +18,9 @@ GradScaler::GradScaler(c10::Device device, double init_scale, double growth_fact
   found_inf_ = at::zeros({}, f32);
 }
 
-at::Tensor GradScaler::scale(const at::Tensor& loss) const { return at::mul(loss, scale_.to(loss.scalar_type())); }
+// As torch.amp.GradScaler: the float32 scale promotes a float16 loss to
+// float32 (cast to float16, the default scale 65536 would be infinite).
+at::Tensor GradScaler::scale(const at::Tensor& loss) const { return at::mul(loss, scale_); }
 
 void GradScaler::unscale(const std::vector<at::Tensor>& grads) {
   if (grads.empty()) return;

@@ -6,12 +6,16 @@
 
 #include <tloop/keys.h>
 
+#include <ATen/TensorOperators.h>
 #include <ATen/autocast_mode.h>
 #include <ATen/ops/_foreach_mul.h>
 #include <ATen/ops/_foreach_norm.h>
 #include <ATen/ops/cat.h>
+#include <ATen/ops/clamp_max.h>
+#include <ATen/ops/reciprocal.h>
 #include <ATen/ops/linalg_vector_norm.h>
 #include <ATen/ops/stack.h>
+#include <ATen/ops/zeros.h>
 
 #include <chrono>
 #include <cmath>
@@ -135,7 +139,9 @@ void Trainer::run_step() {
       scaler_->unscale(grads());  // inf/nan here makes the scaler skip the step
       break;
     }
-    const double norm = total_grad_norm(grads());
+    // The infinity norm is finite exactly when every element is (an L2 norm
+    // overflows for large finite gradients); trainloop checks the same.
+    const double norm = total_grad_norm(grads(), INFINITY).item<double>();
     if (std::isfinite(norm)) break;
     optimizer_.zero_grad();
     ++retries;
@@ -143,7 +149,7 @@ void Trainer::run_step() {
       throw TrainingError(str("step ", host_.step(), ": gradients are not finite after ", retries - 1,
                               " retries (trainer.max_non_finite_grad_retries = ", *config_.max_non_finite_grad_retries,
                               "); lower the learning rate, clip gradients or check the data"));
-    log::warn(str("step ", host_.step(), ": gradients are not finite (norm ", norm, "); retrying the step (retry ",
+    log::warn(str("step ", host_.step(), ": gradients are not finite (max |g| ", norm, "); retrying the step (retry ",
                   retries, ")"));
     // A retried attempt's micro-steps do not belong to the step.
     for (const char* key : {TLOOP_INFO_LOSS, TLOOP_INFO_DATA_TIME}) info.erase(key);
@@ -153,11 +159,13 @@ void Trainer::run_step() {
 
   for_each_hook(&HookInstance::before_optimizer_step);
   if (config_.grad_clip) {
+    // torch.nn.utils.clip_grad_norm_, op for op: the coefficient is computed
+    // in the gradients' dtype (Python's `max_norm / t` is reciprocal(t) *
+    // max_norm) and always applied, so the clipped values match bit for bit.
     const std::vector<at::Tensor> g = grads();
-    const double norm = total_grad_norm(g);
-    info[TLOOP_INFO_GRAD_NORM].push_back(norm);  // before clipping, like clip_grad_norm_'s return value
-    const double coef = *config_.grad_clip / (norm + 1e-6);
-    if (coef < 1.0 && !g.empty()) at::_foreach_mul_(g, coef);
+    at::Tensor norm = total_grad_norm(g, 2.0);
+    info[TLOOP_INFO_GRAD_NORM].push_back(norm.item<double>());  // before clipping, like clip_grad_norm_'s return value
+    if (!g.empty()) at::_foreach_mul_(g, at::clamp_max(at::reciprocal(norm + 1e-6) * *config_.grad_clip, 1.0));
   }
   for (size_t i = 0; i < optimizer_.count(); ++i) info[TLOOP_INFO_LR + optimizer_.name(i)].push_back(optimizer_.lr(i));
   if (scaler_) {
@@ -274,10 +282,11 @@ std::vector<at::Tensor> Trainer::grads() const {
   return out;
 }
 
-double Trainer::total_grad_norm(const std::vector<at::Tensor>& g) const {
-  if (g.empty()) return 0.0;
-  std::vector<at::Tensor> norms = at::_foreach_norm(g, 2);
-  return at::linalg_vector_norm(at::stack(norms), 2).item<double>();
+// torch.nn.utils.get_total_norm: the norm of the per-tensor norms.
+at::Tensor Trainer::total_grad_norm(const std::vector<at::Tensor>& g, double norm_type) const {
+  if (g.empty()) return at::zeros({}, at::kFloat);
+  std::vector<at::Tensor> norms = at::_foreach_norm(g, norm_type);
+  return at::linalg_vector_norm(at::stack(norms), norm_type);
 }
 
 }  // namespace tloop

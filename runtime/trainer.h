@@ -61,7 +61,7 @@ class Trainer {
   std::vector<at::Tensor> grads() const;
   at::Tensor sum_of_named_losses(bool forward_returned_a_loss);
   void read_tensor_records();
-  double total_grad_norm(const std::vector<at::Tensor>& grads) const;
+  at::Tensor total_grad_norm(const std::vector<at::Tensor>& grads, double norm_type) const;
   void for_each_hook(void (HookInstance::*event)());
 
   TrainerConfig config_;

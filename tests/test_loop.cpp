@@ -1,8 +1,10 @@
 // The core loop's semantics, on real plugins loaded through the loader.
 #include "support.h"
 
+#include "grad_scaler.h"
 #include "signals.h"
 
+#include <ATen/ops/ones.h>
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -83,6 +85,15 @@ TEST_CASE("non-finite gradients fail after the maximum number of retries with th
                        "step 1: gradients are not finite after 2 retries (trainer.max_non_finite_grad_retries = 2); "
                        "lower the learning rate, clip gradients or check the data",
                        tloop::TrainingError);
+}
+
+TEST_CASE("finite gradients too large for an L2 norm are not retried") {
+  TempDir dir;
+  // Each gradient is 1e20: the squares overflow float32, every element is finite.
+  auto run = test::train(dir, scripted_spec("dim = 3\ngrad_scale = 1e20", "max_non_finite_grad_retries = 0", 1),
+                         {"optimizer.lr=1e-20"});
+  CHECK(run->host().step_info()["retries"] == std::vector<double>{0});
+  for (double w : test::values(*run, "w")) CHECK(w == doctest::Approx(0.0));
 }
 
 TEST_CASE("clipping records the pre-clip gradient norm and clips") {
@@ -237,6 +248,13 @@ TEST_CASE("bf16 and fp16 autocast train on CPU, and fp16 goes through the grad s
     CHECK(info.count("loss_scale") == (std::string(precision) == "fp16" ? 1u : 0u));
     if (std::string(precision) == "fp16") CHECK(info["loss_scale"][0] == doctest::Approx(65536.0));
   }
+}
+
+TEST_CASE("the grad scaler scales a float16 loss in float32, as torch.amp.GradScaler does") {
+  tloop::GradScaler scaler(c10::Device(c10::kCPU));
+  const at::Tensor scaled = scaler.scale(at::ones({}, at::kHalf));
+  CHECK((scaled.scalar_type() == at::kFloat));
+  CHECK(scaled.item<double>() == 65536.0);  // in float16, 65536 is infinite
 }
 
 TEST_CASE("a plugin that throws fails with a message naming the plugin and the event") {
