@@ -334,11 +334,41 @@ TEST_CASE("model.pt holds the run's parameters exactly, and async saves write th
 TEST_CASE("load: a missing explicit checkpoint is an error, a missing latest is a fresh start") {
   TempDir dir;
   CHECK_THROWS_WITH_AS(test::train(dir, regression_spec(dir / "ws", 3, "load = \"/nonexistent/ckpt\"\n")),
-                       "hooks[1] (checkpointing) failed in resume: load: no checkpoint at '/nonexistent/ckpt'",
+                       "hooks[1] (checkpointing) failed in resume: load: no checkpoint at '/nonexistent/ckpt' "
+                       "(/nonexistent/ckpt)",
                        tloop::PluginError);
   TempDir fresh;
   auto run = test::train(fresh, regression_spec(fresh / "ws", 3, ""));
   CHECK(run->host().step() == 3);
+}
+
+TEST_CASE("keep_interval and keep_steps force a save off the interval, as in trainloop") {
+  TempDir dir;
+  const fs::path root = dir / "ws" / "checkpoints";
+  test::train(dir, regression_spec(dir / "ws", 10, "interval = 5\nkeep_interval = 4\nkeep_steps = [3]\n"));
+  std::set<std::string> entries;
+  for (const auto& e : fs::directory_iterator(root)) entries.insert(e.path().filename().string());
+  // trainloop keeps 3, 4 and 8, and saves 5 and 10 (5 pruned once 10 is saved, keep_previous = 0).
+  CHECK(entries == std::set<std::string>{"3_keep", "4_keep", "8_keep", "10", "latest"});
+  const std::string log = test::read_file(dir / "ws" / "logs" / "tloop.log");
+  CHECK(log.find("checkpoints/5") != std::string::npos);
+}
+
+TEST_CASE("load: a bare name is a checkpoint in the checkpoint directory, as in trainloop") {
+  TempDir dir;
+  test::train(dir, regression_spec(dir / "ws", 6, "interval = 3\nkeep_steps = [2]\nkeep_previous = 5\n"));
+  // "3" and "2" (saved as 2_keep) are names inside ws/checkpoints, not paths from the working directory.
+  for (const char* name : {"3", "2"}) {
+    INFO(name);
+    auto run = test::train(dir, regression_spec(dir / "ws", 6, std::string("load = \"") + name + "\"\n"));
+    const std::string log = test::read_file(dir / "ws" / "logs" / "tloop.log");
+    CHECK(log.find("resumed from " + (dir / "ws" / "checkpoints").string() + "/" + name) != std::string::npos);
+    CHECK(run->host().step() == 6);
+  }
+  CHECK_THROWS_WITH_AS(test::train(dir, regression_spec(dir / "ws", 6, "load = \"4\"\n")),
+                       ("hooks[1] (checkpointing) failed in resume: load: no checkpoint at '4' (" +
+                        (dir / "ws" / "checkpoints" / "4").string() + ")").c_str(),
+                       tloop::PluginError);
 }
 
 TEST_CASE("regression_mlp's dropout and input noise, drawn during training, resume exactly") {

@@ -185,7 +185,8 @@ class Checkpointing : public tloop::Hook {
                 tloop::option("keep_steps", std::vector<int64_t>{}, "checkpoints at these steps are kept forever"),
                 tloop::option("path", "checkpoints", "directory, relative to the workspace unless absolute"),
                 tloop::option("load", "latest",
-                              "\"latest\" (resume when there is one), \"none\", or a checkpoint directory"),
+                              "\"latest\" (resume when there is one), \"none\", a checkpoint's name in path "
+                              "(\"1000\"), or a checkpoint directory"),
                 tloop::option("exit_signals", std::vector<std::string>{},
                               "signals that save a checkpoint and exit: SIGTERM, SIGUSR1, SIGINT, SIGHUP"),
                 tloop::optional("exit_code", TLOOP_TYPE_INT, "exit code after a signal save; default 128+signal")
@@ -226,8 +227,8 @@ class Checkpointing : public tloop::Hook {
     clean_leftovers(ctx);
     if (load_ == "none" || load_.empty()) return;
     if (load_ != "latest") {
-      const fs::path dir = fs::absolute(load_);
-      if (!fs::is_directory(dir)) throw tloop::Error("load: no checkpoint at '" + load_ + "'");
+      const fs::path dir = resolve_load(load_);
+      if (!fs::is_directory(dir)) throw tloop::Error("load: no checkpoint at '" + load_ + "' (" + dir.string() + ")");
       const std::string problem = verify_checkpoint(dir);
       if (!problem.empty()) throw tloop::Error("load: checkpoint " + dir.string() + " is damaged: " + problem);
       load(ctx, dir);
@@ -258,7 +259,8 @@ class Checkpointing : public tloop::Hook {
     const int64_t step = ctx.step();
     const int sig = ctx.pending_signal();
     const bool exit_now = sig != 0 && exit_signals_.count(sig) > 0;
-    if (every_.due(ctx) || step == ctx.max_steps() || exit_now) save(ctx, step);
+    // As trainloop: a step to keep is saved even off the interval.
+    if (every_.due(ctx) || kept(step) || step == ctx.max_steps() || exit_now) save(ctx, step);
     if (exit_now) {
       collect_finished_save(ctx, /*wait=*/true);
       const int code = exit_code_.value_or(128 + sig);
@@ -352,9 +354,19 @@ class Checkpointing : public tloop::Hook {
     return snap;
   }
 
-  std::string name_for(int64_t step) const {
-    const bool keep = (keep_interval_ > 0 && step % keep_interval_ == 0) || keep_steps_.count(step) > 0;
-    return std::to_string(step) + (keep ? "_keep" : "");
+  bool kept(int64_t step) const {
+    return (keep_interval_ > 0 && step % keep_interval_ == 0) || keep_steps_.count(step) > 0;
+  }
+  std::string name_for(int64_t step) const { return std::to_string(step) + (kept(step) ? "_keep" : ""); }
+
+  // As trainloop: a bare name ("1000", "latest") is a checkpoint in the
+  // checkpoint directory; a path with a directory part is taken as given.
+  // "<step>" also finds "<step>_keep", the name a kept checkpoint has.
+  fs::path resolve_load(const std::string& load) const {
+    const fs::path given(load);
+    if (given.is_absolute() || given.has_parent_path()) return fs::absolute(given);
+    if (!fs::exists(root_ / given) && fs::is_directory(root_ / (load + "_keep"))) return root_ / (load + "_keep");
+    return root_ / given;
   }
 
   void save(tloop::Context& ctx, int64_t step) {
