@@ -151,8 +151,9 @@ void Trainer::run_step() {
                               "); lower the learning rate, clip gradients or check the data"));
     log::warn(str("step ", host_.step(), ": gradients are not finite (max |g| ", norm, "); retrying the step (retry ",
                   retries, ")"));
-    // A retried attempt's micro-steps do not belong to the step.
-    for (const char* key : {TLOOP_INFO_LOSS, TLOOP_INFO_DATA_TIME}) info.erase(key);
+    // A retried attempt's losses and records do not belong to the step; its
+    // fetches' times do (the step waited for them), as in trainloop.
+    info.erase(TLOOP_INFO_LOSS);
     for (auto it = info.begin(); it != info.end();)
       it = it->first.rfind(TLOOP_INFO_RECORD, 0) == 0 || it->first.rfind(TLOOP_INFO_LOSS_TERM, 0) == 0 ? info.erase(it) : ++it;
   }

@@ -111,7 +111,15 @@ TEST_CASE("logging's aggregates equal hand-computed means and log the learning r
     const auto [first, last] = intervals[r];
     INFO("interval ending at step ", last);
     CHECK(rows[r]["step"] == last);
-    for (const char* key : {"loss", "grad_norm", "data_time", "step_time", "retries"}) {
+    // data_time: each step's total over its fetches, averaged over steps (trainloop's definition).
+    double data_time = 0;
+    for (int s = first; s <= last; ++s) {
+      double step_total = 0;
+      for (double v : info.at(s).at("data_time")) step_total += v;
+      data_time += step_total;
+    }
+    CHECK(rows[r]["train/data_time"].get<double>() == doctest::Approx(data_time / (last - first + 1)).epsilon(1e-12));
+    for (const char* key : {"loss", "grad_norm", "step_time", "retries"}) {
       double sum = 0;
       int n = 0;
       for (int s = first; s <= last; ++s)
@@ -130,6 +138,18 @@ TEST_CASE("logging's aggregates equal hand-computed means and log the learning r
     CHECK(rows[r]["train/lr/group_0"].get<double>() == doctest::Approx(used).epsilon(1e-12));
     CHECK(used != doctest::Approx(0.1 * tloop::lr_factor({"linear", 3, 0.0}, last, 7)));
   }
+}
+
+TEST_CASE("progress prints the means over its interval, as trainloop does") {
+  TempDir dir;
+  // lr 1, gradient 1: the loss of step t is 3 (2 - t); steps 1..3 average 0.
+  auto run = test::train(dir, linear_spec(6, "[[hooks]]\nplugin = \"progress\"\ninterval = 3\nbar = \"never\"\n"
+                                             "with_records = true\n"));
+  const std::string log = test::read_file(dir / "ws" / "logs" / "tloop.log");
+  CHECK(log.find("step 3/6 |") != std::string::npos);
+  CHECK(log.find("| loss 0 |") != std::string::npos);      // (3 + 0 - 3) / 3, not the last step's -3
+  CHECK(log.find("| loss -9 |") != std::string::npos);     // steps 4..6: (-6 - 9 - 12) / 3
+  CHECK(log.find("| forward 2") != std::string::npos);     // the record's mean over steps 1..3
 }
 
 TEST_CASE("progress prints step/max lines with an ETA after warm-up when not on a terminal") {

@@ -76,6 +76,7 @@ TEST_CASE("non-finite gradients retry the whole step") {
   // Three NaN attempts, then a good one: only the good one's loss and gradient count.
   CHECK(run->host().step_info()["retries"] == std::vector<double>{3});
   CHECK(run->host().step_info()["loss"] == std::vector<double>{1.0});
+  CHECK(run->host().step_info()["data_time"].size() == 4);  // the step waited for every attempt's batch
   CHECK(test::values(*run, "w")[0] == doctest::Approx(0.0));
 }
 

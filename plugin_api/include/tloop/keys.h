@@ -11,11 +11,12 @@
 /* ---------------------------------------------------------------- step info
  * Each key holds a list of doubles for the current step. */
 
-/* Written by the host, one value per micro-step. */
+/* Written by the host, one value per micro-step (data_time: per fetch). */
 #define TLOOP_INFO_LOSS "loss"               /* the micro-step's loss */
 #define TLOOP_INFO_LOSS_TERM "loss/"         /* + name: a named loss term (tloop.step_outputs/1) */
 #define TLOOP_INFO_RECORD "records/"         /* + key: a task's record */
-#define TLOOP_INFO_DATA_TIME "data_time"     /* seconds in next_batch */
+#define TLOOP_INFO_DATA_TIME "data_time"     /* seconds in next_batch, per fetch (retried attempts' too);
+                                                the step's data time is their sum */
 /* Written by the host, one value per step. */
 #define TLOOP_INFO_STEP_TIME "step_time"     /* seconds, before_step to the scheduler */
 #define TLOOP_INFO_GRAD_NORM "grad_norm"     /* before clipping; only with trainer.grad_clip */

@@ -1,13 +1,13 @@
 // logging: trainloop's LoggingHook. Aggregates the step info over each
-// interval (mean loss, grad norm, records, data and step times, retries; max
-// memory; each group's learning rate as the last step used it; the epoch,
-// when the task has epochs) and calls
-// log({"train/...": ...}) so that every tracker hook and the built-in
-// metrics.jsonl receive it. The last step is always logged.
+// interval (mean loss, grad norm, records, data time per step, step time,
+// retries; max memory; each group's learning rate as the last step used it;
+// the epoch, when the task has epochs) and calls log({"train/...": ...}) so
+// that every tracker hook and the built-in metrics.jsonl receive it. The
+// last step is always logged.
+#include "../common/interval_stats.h"
+
 #include <tloop/sdk.hpp>
 
-#include <algorithm>
-#include <cmath>
 #include <map>
 
 namespace {
@@ -35,45 +35,21 @@ class Logging : public tloop::Hook {
   void before_train(tloop::Context& ctx) override { every_.require(ctx, "interval_epochs"); }
 
   void after_step(tloop::Context& ctx) override {
-    for (const auto& [key, values] : ctx.step_info()) {
-      if (values.empty()) continue;
-      if (key == TLOOP_INFO_EPOCH_END) continue;  // "epoch" says it
-      if (key == TLOOP_INFO_MAX_MEMORY || key == TLOOP_INFO_MAX_RSS) {
-        auto& m = max_[key];
-        m = std::max(m, *std::max_element(values.begin(), values.end()));
-      } else if (key.rfind(TLOOP_INFO_LR, 0) == 0 || key == TLOOP_INFO_EPOCH) {
-        last_[key] = values.back();  // the rate this step used, before the scheduler stepped; its epoch
-      } else {
-        // Every value of every step weighs the same: the mean over micro-steps and steps.
-        auto& s = sums_[key];
-        for (double v : values) {
-          s.first += v;
-          s.second += 1;
-        }
-      }
-    }
+    stats_.add(ctx);
     if (every_.due(ctx) || ctx.step() == ctx.max_steps()) flush(ctx);
   }
 
  private:
   void flush(tloop::Context& ctx) {
     tloop::Metrics metrics;
-    for (const auto& [key, s] : sums_) {
-      // "records/accuracy" is logged as train/accuracy, like trainloop's records.
-      const std::string name = key.rfind(TLOOP_INFO_RECORD, 0) == 0 ? key.substr(sizeof(TLOOP_INFO_RECORD) - 1) : key;
-      metrics.emplace_back("train/" + name, s.first / s.second);
-    }
-    for (const auto& [key, v] : max_) metrics.emplace_back("train/" + key, v);
-    for (const auto& [key, v] : last_) metrics.emplace_back("train/" + key, v);
-    sums_.clear();
-    max_.clear();
-    last_.clear();
+    for (const auto& [key, value] : stats_.aggregates())
+      metrics.emplace_back("train/" + tloop_hooks::IntervalStats::display_name(key), value);
+    stats_.reset();
     if (!metrics.empty()) ctx.log(metrics);
   }
 
   tloop::Every every_;
-  std::map<std::string, std::pair<double, double>> sums_;  // key -> (sum, count)
-  std::map<std::string, double> max_, last_;
+  tloop_hooks::IntervalStats stats_;
 };
 
 }  // namespace

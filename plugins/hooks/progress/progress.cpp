@@ -1,8 +1,11 @@
 // progress: trainloop's ProgressHook. On a terminal a live one-line bar
 // (percent, steps/s, ETA, loss) redrawn in place; elsewhere (CI, files) a plain
-// line every `interval` steps with step/max, times, ETA, memory, loss, grad
-// norm, learning rates and, with `with_records`, the records.
+// line every `interval` steps with step/max, ETA and the means over those
+// steps (as trainloop prints them) of the times, memory, loss, grad norm,
+// learning rates and, with `with_records`, the records.
 // Needs no LibTorch: everything comes from the step info.
+#include "../common/interval_stats.h"
+
 #include <tloop/sdk.hpp>
 
 #include <unistd.h>
@@ -20,7 +23,6 @@ using Clock = std::chrono::steady_clock;
 double mean(const std::vector<double>& v) {
   return v.empty() ? NAN : std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
 }
-double sum(const std::vector<double>& v) { return std::accumulate(v.begin(), v.end(), 0.0); }
 
 std::string duration(double seconds) {
   if (!std::isfinite(seconds) || seconds < 0) return "?";
@@ -92,8 +94,9 @@ class Progress : public tloop::Hook {
         last_draw_ = now;
         draw_bar(ctx, step, max_steps);
       }
-    } else if (step % interval_ == 0 || last) {
-      ctx.info(line(ctx, step, max_steps));
+    } else {
+      stats_.add(ctx);
+      if (step % interval_ == 0 || last) ctx.info(line(step, max_steps));
     }
   }
 
@@ -118,28 +121,30 @@ class Progress : public tloop::Hook {
 
   std::string unit(const char* u) const { return units_ ? u : ""; }
 
-  std::string line(tloop::Context& ctx, int64_t step, int64_t max_steps) {
-    const auto info = ctx.step_info();
-    auto get = [&](const std::string& k) {
-      auto it = info.find(k);
-      return it == info.end() ? std::vector<double>{} : it->second;
+  // Means over the steps since the last line, as trainloop prints them.
+  std::string line(int64_t step, int64_t max_steps) {
+    const auto stats = stats_.aggregates();
+    stats_.reset();
+    auto get = [&](const std::string& k) -> std::optional<double> {
+      auto it = stats.find(k);
+      return it == stats.end() ? std::nullopt : std::optional<double>(it->second);
     };
     std::ostringstream os;
     os << "step " << step << "/" << max_steps;
-    if (auto e = get(TLOOP_INFO_EPOCH); !e.empty()) os << " | epoch " << static_cast<long long>(e.back());
-    if (auto t = get(TLOOP_INFO_STEP_TIME); !t.empty()) os << " | step " << number(t[0]) << unit("s");
-    if (auto t = get(TLOOP_INFO_DATA_TIME); !t.empty()) os << " | data " << number(sum(t)) << unit("s");
+    if (auto e = get(TLOOP_INFO_EPOCH)) os << " | epoch " << static_cast<long long>(*e);
+    if (auto t = get(TLOOP_INFO_STEP_TIME)) os << " | step " << number(*t) << unit("s");
+    if (auto t = get(TLOOP_INFO_DATA_TIME)) os << " | data " << number(*t) << unit("s");
     const double left = eta(step, max_steps);
     if (std::isfinite(left)) os << " | ETA " << duration(left);
     for (const char* mem : {TLOOP_INFO_MAX_MEMORY, TLOOP_INFO_MAX_RSS})
-      if (auto m = get(mem); !m.empty()) os << " | mem " << number(m.back()) << unit(" GiB");
-    if (auto l = get(TLOOP_INFO_LOSS); !l.empty()) os << " | loss " << number(mean(l));
-    if (auto g = get(TLOOP_INFO_GRAD_NORM); !g.empty()) os << " | grad_norm " << number(g.back());
-    for (const auto& [k, v] : info)
-      if (k.rfind(TLOOP_INFO_LR, 0) == 0 && !v.empty()) os << " | " << (k.size() > 3 ? "lr " + k.substr(3) : k) << " " << number(v.back());
+      if (auto m = get(mem)) os << " | mem " << number(*m) << unit(" GiB");
+    if (auto l = get(TLOOP_INFO_LOSS)) os << " | loss " << number(*l);
+    if (auto g = get(TLOOP_INFO_GRAD_NORM)) os << " | grad_norm " << number(*g);
+    for (const auto& [k, v] : stats)
+      if (k.rfind(TLOOP_INFO_LR, 0) == 0) os << " | " << (k.size() > 3 ? "lr " + k.substr(3) : k) << " " << number(v);
     if (with_records_)
-      for (const auto& [k, v] : info)
-        if (k.rfind(TLOOP_INFO_RECORD, 0) == 0 && !v.empty()) os << " | " << k.substr(sizeof(TLOOP_INFO_RECORD) - 1) << " " << number(mean(v));
+      for (const auto& [k, v] : stats)
+        if (k.rfind(TLOOP_INFO_RECORD, 0) == 0) os << " | " << tloop_hooks::IntervalStats::display_name(k) << " " << number(v);
     return os.str();
   }
 
@@ -164,6 +169,7 @@ class Progress : public tloop::Hook {
   }
 
   int64_t interval_;
+  tloop_hooks::IntervalStats stats_;
   bool with_records_;
   int64_t eta_warmup_;
   bool units_;
