@@ -227,6 +227,33 @@ def test_environment_overrides_pick_the_id_and_the_directory(tmp_path):
     assert (ws / "wandb_run_id").read_text() == "myrun42"
 
 
+def test_wandb_environment_names_the_run_unless_the_spec_does(tmp_path):
+    spec, ws = write_spec(tmp_path, steps=3)
+    spec.write_text(spec.read_text().replace('group = "g1"\n', "").replace('notes = "some notes"\n', ""))
+    environment = {
+        "WANDB_NAME": "env-name",
+        "WANDB_ENTITY": "my-team",
+        "WANDB_JOB_TYPE": "train",
+        "WANDB_NOTES": "from the environment",
+        "WANDB_RUN_GROUP": "sweep-1",
+        "WANDB_MODE": "online",
+    }
+    result = run(spec, environment)
+    (r,) = of_type(read_records(run_dirs(ws)[0]), "run")
+    assert (r.display_name, r.entity, r.job_type, r.notes, r.run_group) == (
+        "env-name", "my-team", "train", "from the environment", "sweep-1")
+    # WANDB_MODE=online: said once that tloop writes an offline run for wandb sync.
+    output = result.stdout + result.stderr
+    assert output.count("WANDB_MODE=online") == 1 and "wandb sync" in output
+
+    # An option the spec gives wins over its variable, as wandb.init's arguments do.
+    shutil.rmtree(ws)
+    spec.write_text(spec.read_text().replace('plugin = "wandb"', 'plugin = "wandb"\nname = "spec-name"\nentity = "spec-team"'))
+    run(spec, environment)
+    (r,) = of_type(read_records(run_dirs(ws)[0]), "run")
+    assert (r.display_name, r.entity, r.job_type) == ("spec-name", "spec-team", "train")
+
+
 def test_a_fresh_run_gets_a_new_id_and_resume_never_refuses_the_stored_one(tmp_path):
     spec, ws = write_spec(tmp_path, steps=5)
     run(spec)

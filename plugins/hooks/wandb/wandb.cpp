@@ -42,7 +42,7 @@ namespace field {
 constexpr int kRecordNum = 1, kRecordHistory = 2, kRecordSummary = 3, kRecordConfig = 5, kRecordFiles = 6,
               kRecordRun = 17, kRecordExit = 18, kRecordFinal = 20, kRecordHeader = 21;
 constexpr int kHeaderVersionInfo = 1, kVersionProducer = 1;
-constexpr int kRunId = 1, kRunProject = 3, kRunGroup = 6, kRunDisplayName = 8, kRunNotes = 9, kRunTags = 10,
+constexpr int kRunId = 1, kRunEntity = 2, kRunProject = 3, kRunGroup = 6, kRunJobType = 7, kRunDisplayName = 8, kRunNotes = 9, kRunTags = 10,
               kRunHost = 13, kRunStartingStep = 14, kRunStartTime = 17, kRunResumed = 18, kRunRuntime = 20;
 constexpr int kTimestampSeconds = 1, kTimestampNanos = 2;
 constexpr int kItemsUpdate = 1;                      // ConfigRecord.update, SummaryRecord.update
@@ -88,6 +88,9 @@ std::string env(const char* name) {
   return v != nullptr ? v : "";
 }
 
+// The option when the spec gives one, else the environment variable.
+std::string or_env(const std::string& option, const char* name) { return option.empty() ? env(name) : option; }
+
 json to_json(const toml::node& node) {
   if (const toml::table* t = node.as_table()) {
     json out = json::object();
@@ -124,9 +127,11 @@ class Wandb : public tloop::Hook {
                 tloop::option("image_format", "png", "encoding of images: png or jpg").one_of({"png", "jpg"}),
                 tloop::option("mode", "offline", "offline: write the run; disabled: write nothing")
                     .one_of({"offline", "disabled"}),
-                tloop::option("name", "", "display name; empty: the run's name from [run]"),
-                tloop::option("group", "", "run group"),
-                tloop::option("notes", "", "run notes"),
+                tloop::option("name", "", "display name; empty: WANDB_NAME, else the run's name from [run]"),
+                tloop::option("group", "", "run group; empty: WANDB_RUN_GROUP"),
+                tloop::option("notes", "", "run notes; empty: WANDB_NOTES"),
+                tloop::option("entity", "", "W&B entity (user or team); empty: WANDB_ENTITY"),
+                tloop::option("job_type", "", "run job type; empty: WANDB_JOB_TYPE"),
                 tloop::option("flush_interval", 10, "steps between flushes").at_least(1),
                 tloop::option("flush_secs", 30.0, "seconds between flushes, whatever the step").at_least(0),
             }};
@@ -135,16 +140,20 @@ class Wandb : public tloop::Hook {
   Wandb(tloop::Context& ctx, const tloop::Options& o)
       : project_(env("WANDB_PROJECT").empty() ? o.get_string("project") : env("WANDB_PROJECT")),
         image_format_(o.get_string("image_format")),
-        name_(o.get_string("name")),
-        group_(o.get_string("group")),
-        notes_(o.get_string("notes")),
+        // As wandb.init: an argument given wins over its environment variable.
+        name_(or_env(o.get_string("name"), "WANDB_NAME")),
+        group_(or_env(o.get_string("group"), "WANDB_RUN_GROUP")),
+        notes_(or_env(o.get_string("notes"), "WANDB_NOTES")),
+        entity_(or_env(o.get_string("entity"), "WANDB_ENTITY")),
+        job_type_(or_env(o.get_string("job_type"), "WANDB_JOB_TYPE")),
         flush_interval_(o.get_int("flush_interval")),
         flush_secs_(o.get_double("flush_secs")),
         workspace_(ctx.workspace()) {
     const std::string mode = env("WANDB_MODE");
     disabled_ = o.get_string("mode") == "disabled" || mode == "disabled";
     if (!mode.empty() && !disabled_ && mode != "offline" && mode != "dryrun")
-      ctx.warn("wandb: WANDB_MODE=" + mode + ": tloop writes offline runs; upload them with wandb sync");
+      ctx.warn("wandb: WANDB_MODE=" + mode + ": tloop never uploads while training; it writes an offline run "
+               "that `wandb sync <run directory>` uploads (the directory is printed when the run starts)");
     // trainloop: the spec's tags, then WANDB_TAGS, duplicates dropped, order kept.
     std::vector<std::string> tags = o.get_string_list("tags");
     std::stringstream env_tags(env("WANDB_TAGS"));
@@ -215,7 +224,9 @@ class Wandb : public tloop::Hook {
     gethostname(host, sizeof(host) - 1);
     pb::Message run;
     run.bytes(field::kRunId, id_).bytes(field::kRunProject, project_);
+    if (!entity_.empty()) run.bytes(field::kRunEntity, entity_);
     if (!group_.empty()) run.bytes(field::kRunGroup, group_);
+    if (!job_type_.empty()) run.bytes(field::kRunJobType, job_type_);
     if (!name_.empty()) run.bytes(field::kRunDisplayName, name_);
     if (!notes_.empty()) run.bytes(field::kRunNotes, notes_);
     for (const auto& t : tags_) run.bytes(field::kRunTags, t);
@@ -377,7 +388,7 @@ class Wandb : public tloop::Hook {
     last_flush_ = now();
   }
 
-  std::string project_, image_format_, name_, group_, notes_;
+  std::string project_, image_format_, name_, group_, notes_, entity_, job_type_;
   int64_t flush_interval_;
   double flush_secs_;
   std::string workspace_;
