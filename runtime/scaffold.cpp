@@ -14,6 +14,8 @@ project(@NAME@ LANGUAGES CXX)
 
 # Point CMAKE_PREFIX_PATH at the tloop install prefix if CMake does not find it.
 find_package(tloop 0.1 REQUIRED)
+# TORCH links LibTorch, for plugins that use tensors (#include <tloop/torch.hpp>);
+# without it the plugin loads under any LibTorch. @TORCH_NOTE@
 tloop_add_plugin(@NAME@ @TORCH@SOURCES @NAME@.cpp)
 
 # `ctest` runs the plugin in a short training run with the installed tloop.
@@ -26,9 +28,15 @@ set_tests_properties(@NAME@_trains PROPERTIES
   PASS_REGULAR_EXPRESSION "@EXPECT@")
 )";
 
-const char* kHook = R"(// @NAME@: a tloop hook. Events you can override: before_train, before_step,
-// before_optimizer_step, after_step, after_train, on_log, on_log_images,
-// state_dict, load_state_dict (see tloop/sdk.hpp and the plugin guide).
+const char* kHook = R"(// @NAME@: a tloop hook. Events you can override, in the order they come:
+// resume (restore a previous run), before_train; per step before_step,
+// before_optimizer_step, after_step; after_train; finish(ctx, exit_code)
+// (once, however training ended: close files here). Whenever anything logs:
+// on_log, on_log_images. Around checkpoints: state_dict, load_state_dict.
+// With `static constexpr bool micro_step_events = true;` also after_forward,
+// before_backward, after_backward per micro-step; `static constexpr
+// tloop_hook_phase phase = ...;` says when it runs among the other hooks.
+// See tloop/sdk.hpp and docs/plugins.md.
 #include <tloop/sdk.hpp>
 
 class @CLASS@ : public tloop::Hook {
@@ -61,6 +69,9 @@ TLOOP_PLUGIN_LIBRARY(tloop::hook<@CLASS@>())
 
 const char* kTask = R"(// @NAME@: a tloop task: the model, the data and the loss. This one fits a
 // linear map y = 3x - 1 from noisy samples; replace it with your own.
+// Resume-exact: batch i is drawn from a generator seeded with (seed, i), and
+// the batch counter is saved with checkpoints, so a resumed run sees the
+// same data as an uninterrupted one. Keep that property when you replace it.
 #include <tloop/torch.hpp>
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -83,7 +94,7 @@ class @CLASS@ : public tloop::Task {
 
   void setup(tloop::Context& ctx) override {
     device_ = c10::Device(ctx.device());
-    gen_ = at::make_generator<at::CPUGeneratorImpl>(ctx.seed());
+    seed_ = ctx.seed();
     weight_ = at::zeros({1, 1}, at::TensorOptions().device(device_)).requires_grad_(true);
     bias_ = at::zeros({1}, at::TensorOptions().device(device_)).requires_grad_(true);
     tloop::register_parameter(ctx, "weight", weight_);
@@ -91,8 +102,9 @@ class @CLASS@ : public tloop::Task {
   }
 
   void next_batch(tloop::Context&) override {
-    x_ = at::randn({batch_size_, 1}, gen_).to(device_);
-    y_ = x_ * 3.0 - 1.0 + 0.01 * at::randn({batch_size_, 1}, gen_).to(device_);
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed_ * 1000003 + static_cast<uint64_t>(batches_++));
+    x_ = at::randn({batch_size_, 1}, gen).to(device_);
+    y_ = x_ * 3.0 - 1.0 + 0.01 * at::randn({batch_size_, 1}, gen).to(device_);
   }
 
   std::optional<at::Tensor> forward(tloop::Context& ctx) override {
@@ -101,10 +113,17 @@ class @CLASS@ : public tloop::Task {
     return loss;
   }
 
+  // The data position: all a resumed run needs to draw the same batches.
+  void state_dict(tloop::Context&, tloop::StateWriter& out) override { out.put("batches", batches_); }
+  void load_state_dict(tloop::Context&, const tloop::StateReader& in) override {
+    batches_ = in.get_int("batches").value_or(0);
+  }
+
  private:
   int64_t batch_size_;
+  uint64_t seed_ = 0;
+  int64_t batches_ = 0;
   c10::Device device_ = c10::Device(c10::kCPU);
-  at::Generator gen_;
   at::Tensor weight_, bias_, x_, y_;
 };
 
@@ -181,6 +200,7 @@ std::string scaffold_plugin(const std::string& kind, const std::string& name) {
       {"@CLASS@", class_name},
       {"@KIND@", kind},
       {"@TORCH@", task ? "TORCH " : ""},
+      {"@TORCH_NOTE@", task ? "A task always needs it." : "Add it when this hook needs tensors."},
       {"@EXPECT@", task ? "finished '[^']*': 200/200 steps" : name + ": after_train at step 20"},
   };
   const std::vector<std::pair<fs::path, const char*>> files = {

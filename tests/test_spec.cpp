@@ -116,3 +116,12 @@ TEST_CASE("every problem in a spec is reported at once, and validate runs nothin
   CHECK(r.output.find("optimizer.beta1: does not apply to optimizer type 'sgd'") != std::string::npos);
   CHECK_FALSE(std::filesystem::exists(dir / "ws"));
 }
+
+TEST_CASE("list option defaults take their natural spelling in the SDK") {
+  const tloop::OptionSpec tags = tloop::option("tags", {"a", "b"}, "doc");
+  CHECK(tags.type == TLOOP_TYPE_STRING_LIST);
+  CHECK(*tags.default_literal == "[\"a\", \"b\"]");
+  const tloop::OptionSpec steps = tloop::option("steps", {1, 2}, "doc");
+  CHECK(steps.type == TLOOP_TYPE_INT_LIST);
+  CHECK(*steps.default_literal == "[1, 2]");
+}

@@ -23,6 +23,25 @@ build_example() {  # name
   cmake --build "$work/$1" || fail "build examples/$1"
 }
 
+# A run stopped halfway and resumed from its checkpoint ends with the model
+# of an uninterrupted run, bit for bit.
+check_resume_exact() {  # spec plugin_dir steps
+  local spec=$1 plugins=$2 steps=$3 half=$(($3 / 2)) with="$work/resume_spec.toml"
+  { cat "$spec"; printf '\n[[hooks]]\nplugin = "checkpointing"\ninterval = %d\n' "$half"; } >"$with"
+  rm -rf "$work/resume_whole" "$work/resume_parts"
+  local run=(env TLOOP_PLUGIN_PATH="$plugins" "$tloop" run "$with")
+  "${run[@]}" --set "run.workspace=\"$work/resume_whole\"" >/dev/null 2>&1 || fail "resume check: the whole run"
+  "${run[@]}" --set "run.workspace=\"$work/resume_parts\"" --set "trainer.max_steps=$half" >/dev/null 2>&1 ||
+    fail "resume check: the first half"
+  "${run[@]}" --set "run.workspace=\"$work/resume_parts\"" >"$work/resume.log" 2>&1 || fail "resume check: the resumed half"
+  grep -q "resumed from .* at step $half" "$work/resume.log" || fail "resume check: the second run did not resume"
+  "$TLOOP_PYTHON" -c 'import sys, torch
+a, b = (torch.load(p, weights_only=True) for p in sys.argv[1:])
+sys.exit(0 if a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) else 1)' \
+    "$work/resume_whole/checkpoints/$steps/model.pt" "$work/resume_parts/checkpoints/$steps/model.pt" ||
+    fail "resume check: a resumed run of $spec ends with other weights than an uninterrupted one"
+}
+
 run_example() {  # name -> output in $out, workspace in $ws
   ws="$work/ws_$1"
   rm -rf "$ws"
@@ -57,6 +76,7 @@ case "$what" in
     grep -q "finished 'spec': 300/300 steps" <<<"$out" || fail "sine_task did not finish"
     rmse=$(tail -1 "$ws/metrics.jsonl" | sed -n 's/.*"train\/rmse":\([0-9.e-]*\).*/\1/p')
     awk -v r="$rmse" 'BEGIN { exit !(r != "" && r < 0.25) }' || fail "sine_task did not learn (rmse '$rmse')"
+    check_resume_exact "$src/examples/task_cpp/spec.toml" "$work/task_cpp/plugins" 300
     ;;
   hook_c)
     build_example hook_c
@@ -82,6 +102,7 @@ case "$what" in
     ctest --test-dir "$work/$name/build" --output-on-failure || fail "the generated test of $name"
     TLOOP_PLUGIN_PATH="$work/$name/build/plugins" "$tloop" describe "$name" | grep -q "($kind plugin)" ||
       fail "tloop describe $name"
+    if [[ $kind == task ]]; then check_resume_exact "$work/$name/test/spec.toml" "$work/$name/build/plugins" 200; fi
     ;;
   *) fail "unknown check '$what'" ;;
 esac

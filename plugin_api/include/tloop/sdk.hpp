@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <initializer_list>
 #include <map>
 #include <optional>
 #include <sstream>
@@ -121,6 +122,15 @@ inline OptionSpec option(std::string name, std::vector<std::string> def, std::st
 inline OptionSpec option(std::string name, std::vector<int64_t> def, std::string doc) {
   return {std::move(name), TLOOP_TYPE_INT_LIST,
           detail::list_literal(def, [](int64_t v) { return std::to_string(v); }), std::move(doc), {}, {}, {}};
+}
+// The natural spellings of list defaults, option("tags", {"a", "b"}, ...)
+// and option("steps", {1, 2}, ...): without these a braced list is
+// ambiguous (a std::string can be built from two const char*).
+inline OptionSpec option(std::string name, std::initializer_list<const char*> def, std::string doc) {
+  return option(std::move(name), std::vector<std::string>(def.begin(), def.end()), std::move(doc));
+}
+inline OptionSpec option(std::string name, std::initializer_list<int64_t> def, std::string doc) {
+  return option(std::move(name), std::vector<int64_t>(def), std::move(doc));
 }
 /// An option the spec must give.
 inline OptionSpec required(std::string name, tloop_value_type type, std::string doc) {
