@@ -74,8 +74,11 @@ Schema schema_from(const tloop_plugin_descriptor& d, const std::string& where) {
       throw PluginLoadError(where + ": option " + std::to_string(i) + " has struct_size " + std::to_string(o.struct_size) +
                             ", but the first has " + std::to_string(stride) + " (an array's elements share one size)");
     if (o.name == nullptr || *o.name == '\0') throw PluginLoadError(where + ": option " + std::to_string(i) + " has no name");
-    if (std::strcmp(o.name, "plugin") == 0 || std::strcmp(o.name, "key") == 0)
-      throw PluginLoadError(where + ": option '" + o.name + "' is reserved by the run spec");
+    // The spec's own keys in a plugin's table: plugin, key, and on_error
+    // (kept for the per-hook error policy).
+    for (const char* reserved : {"plugin", "key", "on_error"})
+      if (std::strcmp(o.name, reserved) == 0)
+        throw PluginLoadError(where + ": option '" + o.name + "' is reserved by the run spec (plugin, key, on_error)");
     OptionSpec s;
     s.name = o.name;
     s.type = o.type;

@@ -150,6 +150,11 @@ TEST_CASE("an array of options is read with its elements' struct_size, so a late
   CHECK(p->schema[1].choices == std::vector<std::string>{"x", "y"});
 }
 
+TEST_CASE("an option named like a run-spec key is refused, naming the file") {
+  CHECK(load_error(bad("reserved_option")) ==
+        bad("reserved_option") + ": plugin 'reserved_option': option 'on_error' is reserved by the run spec (plugin, key, on_error)");
+}
+
 TEST_CASE("a hook declares its phase, hooks that declare none update, and an unknown phase is refused") {
   tloop::Catalog catalog;
   catalog.load_file(bad("save_phase"));

@@ -125,3 +125,13 @@ TEST_CASE("list option defaults take their natural spelling in the SDK") {
   CHECK(steps.type == TLOOP_TYPE_INT_LIST);
   CHECK(*steps.default_literal == "[1, 2]");
 }
+
+TEST_CASE("the SDK refuses an option named like a run-spec key when the descriptor is built") {
+  for (const char* name : {"plugin", "key", "on_error"}) {
+    INFO(name);
+    tloop::PluginInfo info{"p", "1.0.0", "d", {tloop::option(name, 1, "doc")}};
+    CHECK_THROWS_WITH_AS(tloop::detail::DescriptorStorage(info, TLOOP_KIND_HOOK, nullptr, nullptr),
+                         (std::string("option '") + name + "' is reserved by the run spec (plugin, key, on_error): rename it").c_str(),
+                         tloop::Error);
+  }
+}

@@ -7,7 +7,8 @@
  *   VARIANT_GROWN_OPTIONS                  two options in elements larger than
  *                                          this header's tloop_option_desc, as
  *                                          a newer minor could write them
- *   VARIANT_PHASE                          the phase it declares (default: none) */
+ *   VARIANT_PHASE                          the phase it declares (default: none)
+ *   VARIANT_RESERVED_OPTION                one option with this (reserved) name */
 #include <tloop/plugin.h>
 
 #ifndef VARIANT_ABI_MAJOR
@@ -51,6 +52,12 @@ static const grown_option grown[] = {
 };
 #define VARIANT_OPTIONS (&grown[0].desc)
 #define VARIANT_OPTION_COUNT 2
+#elif defined(VARIANT_RESERVED_OPTION)
+static const tloop_option_desc reserved[] = {
+    {sizeof(tloop_option_desc), VARIANT_RESERVED_OPTION, TLOOP_TYPE_STRING, "\"x\"", "a name the run spec owns", 0, 0, 0, 0, NULL},
+};
+#define VARIANT_OPTIONS reserved
+#define VARIANT_OPTION_COUNT 1
 #else
 #define VARIANT_OPTIONS NULL
 #define VARIANT_OPTION_COUNT 0

@@ -584,6 +584,9 @@ struct DescriptorStorage {
                     const tloop_task_vtable* task)
       : info(std::move(i)) {
     for (const auto& o : info.options) {
+      for (const char* reserved : {"plugin", "key", "on_error"})  // the host refuses them too
+        if (o.name == reserved)
+          throw Error("option '" + o.name + "' is reserved by the run spec (plugin, key, on_error): rename it");
       tloop_option_desc d{};
       d.struct_size = sizeof(d);
       d.name = o.name.c_str();
