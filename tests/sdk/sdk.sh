@@ -26,19 +26,21 @@ build_example() {  # name
 # A run stopped halfway and resumed from its checkpoint ends with the model
 # of an uninterrupted run, bit for bit.
 check_resume_exact() {  # spec plugin_dir steps
-  local spec=$1 plugins=$2 steps=$3 half=$(($3 / 2)) with="$work/resume_spec.toml"
+  local spec=$1 plugins=$2 steps=$3 half=$(($3 / 2))
+  local dir="$work/resume_$what"  # checks run side by side under ctest -j
+  local with="$dir/spec.toml"
+  rm -rf "$dir" && mkdir -p "$dir"
   { cat "$spec"; printf '\n[[hooks]]\nplugin = "checkpointing"\ninterval = %d\n' "$half"; } >"$with"
-  rm -rf "$work/resume_whole" "$work/resume_parts"
   local run=(env TLOOP_PLUGIN_PATH="$plugins" "$tloop" run "$with")
-  "${run[@]}" --set "run.workspace=\"$work/resume_whole\"" >/dev/null 2>&1 || fail "resume check: the whole run"
-  "${run[@]}" --set "run.workspace=\"$work/resume_parts\"" --set "trainer.max_steps=$half" >/dev/null 2>&1 ||
+  "${run[@]}" --set "run.workspace=\"$dir/whole\"" >/dev/null 2>&1 || fail "resume check: the whole run"
+  "${run[@]}" --set "run.workspace=\"$dir/parts\"" --set "trainer.max_steps=$half" >/dev/null 2>&1 ||
     fail "resume check: the first half"
-  "${run[@]}" --set "run.workspace=\"$work/resume_parts\"" >"$work/resume.log" 2>&1 || fail "resume check: the resumed half"
-  grep -q "resumed from .* at step $half" "$work/resume.log" || fail "resume check: the second run did not resume"
+  "${run[@]}" --set "run.workspace=\"$dir/parts\"" >"$dir/resume.log" 2>&1 || fail "resume check: the resumed half"
+  grep -q "resumed from .* at step $half" "$dir/resume.log" || fail "resume check: the second run did not resume"
   "$TLOOP_PYTHON" -c 'import sys, torch
 a, b = (torch.load(p, weights_only=True) for p in sys.argv[1:])
 sys.exit(0 if a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) else 1)' \
-    "$work/resume_whole/checkpoints/$steps/model.pt" "$work/resume_parts/checkpoints/$steps/model.pt" ||
+    "$dir/whole/checkpoints/$steps/model.pt" "$dir/parts/checkpoints/$steps/model.pt" ||
     fail "resume check: a resumed run of $spec ends with other weights than an uninterrupted one"
 }
 
