@@ -13,7 +13,6 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import CLI, TEST_PLUGINS  # noqa: F401  (the CLI the fixture runs)
 
 try:  # a requirement of the suite, not optional: missing, the check fails rather than skips
     import trainloop
