@@ -285,18 +285,18 @@ class Context {
   /// began, 0-based), or std::nullopt when the task declares no epochs
   /// (tloop.epochs/1). From before_train on (there: the first step's epoch).
   std::optional<int64_t> epoch() const {
-    const double* v = nullptr;
-    size_t n = 0;
-    if (api_->step_info_get(host_, TLOOP_INFO_EPOCH, &v, &n) != TLOOP_OK || n == 0) return std::nullopt;
-    return static_cast<int64_t>(v[n - 1]);
+    const std::optional<double> e = last_step_info(TLOOP_INFO_EPOCH);
+    return e ? std::optional<int64_t>(static_cast<int64_t>(*e)) : std::nullopt;
   }
   /// Epochs the current step completed (1 at the step that drew an epoch's
   /// last batch); 0 before after_step and without epochs.
-  int64_t epochs_ended() const {
+  int64_t epochs_ended() const { return static_cast<int64_t>(last_step_info(TLOOP_INFO_EPOCH_END).value_or(0.0)); }
+  /// The last value of a step-info key, read in place; std::nullopt when absent.
+  std::optional<double> last_step_info(const char* key) const {
     const double* v = nullptr;
     size_t n = 0;
-    if (api_->step_info_get(host_, TLOOP_INFO_EPOCH_END, &v, &n) != TLOOP_OK || n == 0) return 0;
-    return static_cast<int64_t>(v[n - 1]);
+    if (api_->step_info_get(host_, key, &v, &n) != TLOOP_OK || n == 0) return std::nullopt;
+    return v[n - 1];
   }
   void step_info_append(const std::string& key, double value) const {
     api_->step_info_append(host_, key.c_str(), value);

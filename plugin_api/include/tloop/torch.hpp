@@ -19,7 +19,9 @@ namespace tloop {
 
 namespace detail {
 using TensorPtr = c10::intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
-}
+/// `t` as a BORROWED handle, for a host call that takes its own reference.
+inline tloop_tensor borrow(const at::Tensor& t) { return reinterpret_cast<tloop_tensor>(t.unsafeGetTensorImpl()); }
+}  // namespace detail
 
 /// A NEW REFERENCE handle to `t` (nullptr for an undefined tensor).
 inline tloop_tensor new_handle(const at::Tensor& t) {
@@ -41,11 +43,11 @@ inline at::Tensor from_owned(tloop_tensor h) {
 }
 
 inline void register_parameter(Context& ctx, const std::string& name, const at::Tensor& t) {
-  ctx.check(ctx.api()->register_parameter(ctx.host(), name.c_str(), reinterpret_cast<tloop_tensor>(t.unsafeGetTensorImpl())),
+  ctx.check(ctx.api()->register_parameter(ctx.host(), name.c_str(), detail::borrow(t)),
             "could not register parameter '" + name + "'");
 }
 inline void register_buffer(Context& ctx, const std::string& name, const at::Tensor& t) {
-  ctx.check(ctx.api()->register_buffer(ctx.host(), name.c_str(), reinterpret_cast<tloop_tensor>(t.unsafeGetTensorImpl())),
+  ctx.check(ctx.api()->register_buffer(ctx.host(), name.c_str(), detail::borrow(t)),
             "could not register buffer '" + name + "'");
 }
 
@@ -87,7 +89,6 @@ inline const tloop_step_outputs_v1& step_outputs(const Context& ctx) {
   if (ext == nullptr) throw Error("this tloop has no " TLOOP_STEP_OUTPUTS_ID " (its plugin ABI is older than 1.3)");
   return *ext;
 }
-inline tloop_tensor borrow(const at::Tensor& t) { return reinterpret_cast<tloop_tensor>(t.unsafeGetTensorImpl()); }
 }  // namespace detail
 
 /// From forward: a named scalar loss term. The micro-step's loss is the sum
@@ -116,9 +117,7 @@ inline std::optional<at::Tensor> published(Context& ctx, const std::string& name
 }
 
 inline void put_tensor(const StateWriter& w, const std::string& key, const at::Tensor& t) {
-  if (w.api()->state_put_tensor(w.raw(), key.c_str(), reinterpret_cast<tloop_tensor>(t.unsafeGetTensorImpl())) !=
-      TLOOP_OK)
-    throw Error("could not store tensor '" + key + "'");
+  StateWriter::check(w.api()->state_put_tensor(w.raw(), key.c_str(), detail::borrow(t)), key);
 }
 inline std::optional<at::Tensor> get_tensor(const StateReader& r, const std::string& key) {
   tloop_tensor h = nullptr;
@@ -145,15 +144,11 @@ class RunState {
   void restore(const std::string& what) {
     ctx_.check(ctx_.api()->run_load_state_dict(ctx_.host(), state_), "cannot restore " + what);
   }
-  void put(const std::string& key, const at::Tensor& t) {
-    StateWriter::check(ctx_.api()->state_put_tensor(state_, key.c_str(), detail::borrow(t)), key);
-  }
-  void put(const std::string& key, int64_t v) { StateWriter::check(ctx_.api()->state_put_int(state_, key.c_str(), v), key); }
-  void put(const std::string& key, double v) {
-    StateWriter::check(ctx_.api()->state_put_double(state_, key.c_str(), v), key);
-  }
-  void put(const std::string& key, const std::string& v) {
-    StateWriter::check(ctx_.api()->state_put_string(state_, key.c_str(), v.c_str()), key);
+  /// Checked puts, as a StateWriter's.
+  void put(const std::string& key, const at::Tensor& t) { put_tensor(writer(), key, t); }
+  template <class V>
+  void put(const std::string& key, const V& v) {
+    writer().put(key, v);
   }
   /// Calls fn(key, value) for every entry in key order; tensors are borrowed.
   template <class Fn>
@@ -165,6 +160,8 @@ class RunState {
   }
 
  private:
+  StateWriter writer() const { return StateWriter(ctx_.raw(), state_); }
+
   Context& ctx_;
   tloop_state* state_;
 };
