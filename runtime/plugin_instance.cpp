@@ -13,8 +13,17 @@
 namespace tloop {
 namespace {
 using TensorPtr = c10::intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
-}  // namespace
 
+// The plugin's extension `id` as an `Ext`, or nullptr when it offers none
+// (or one smaller than the struct this host knows). Extensions came with 1.3.
+template <class Ext, class Vtable>
+const Ext* find_extension(const LoadedPlugin& plugin, const Vtable* vt, const char* id) {
+  if (plugin.abi_minor < 3) return nullptr;
+  auto get = TLOOP_VT(vt, Vtable, get_extension);
+  const auto* ext = get ? static_cast<const Ext*>(get(id)) : nullptr;
+  return ext && ext->struct_size >= sizeof(Ext) ? ext : nullptr;
+}
+}  // namespace
 
 PluginInstance::PluginInstance(const LoadedPlugin& plugin, Host& host, const toml::table& options, std::string label)
     : plugin_(plugin), host_(host), label_(std::move(label)) {
@@ -44,13 +53,8 @@ HookInstance::HookInstance(const LoadedPlugin& plugin, Host& host, const toml::t
                            std::string state_key)
     : PluginInstance(plugin, host, options, std::move(label)),
       vt_(plugin.descriptor->hook),
-      state_prefix_(TLOOP_STATE_HOOKS + state_key + "/") {
-  if (plugin.abi_minor < 3) return;  // extensions came with 1.3
-  if (auto get = TLOOP_VT(vt_, tloop_hook_vtable, get_extension)) {
-    const auto* ev = static_cast<const tloop_micro_step_events_v1*>(get(TLOOP_MICRO_STEP_EVENTS_ID));
-    if (ev && ev->struct_size >= sizeof(tloop_micro_step_events_v1)) micro_events_ = ev;
-  }
-}
+      state_prefix_(TLOOP_STATE_HOOKS + state_key + "/"),
+      micro_events_(find_extension<tloop_micro_step_events_v1>(plugin, vt_, TLOOP_MICRO_STEP_EVENTS_ID)) {}
 void HookInstance::after_forward(int64_t micro_step) { call("after_forward", micro_events_->after_forward, micro_step); }
 void HookInstance::before_backward(int64_t micro_step) {
   call("before_backward", micro_events_->before_backward, micro_step);
@@ -90,13 +94,9 @@ void HookInstance::load_state_dict(const StateDict& in) {
 }
 
 TaskInstance::TaskInstance(const LoadedPlugin& plugin, Host& host, const toml::table& options, std::string label)
-    : PluginInstance(plugin, host, options, std::move(label)), vt_(plugin.descriptor->task) {
-  if (plugin.abi_minor < 3) return;  // extensions came with 1.3
-  if (auto get = TLOOP_VT(vt_, tloop_task_vtable, get_extension)) {
-    const auto* ep = static_cast<const tloop_epochs_v1*>(get(TLOOP_EPOCHS_ID));
-    if (ep && ep->struct_size >= sizeof(tloop_epochs_v1) && ep->batches_per_epoch) epochs_ = ep;
-  }
-}
+    : PluginInstance(plugin, host, options, std::move(label)),
+      vt_(plugin.descriptor->task),
+      epochs_(find_extension<tloop_epochs_v1>(plugin, vt_, TLOOP_EPOCHS_ID)) {}
 
 void TaskInstance::setup() { call("setup", vt_->setup); }
 void TaskInstance::next_batch() { call("next_batch", vt_->next_batch); }
@@ -107,7 +107,7 @@ std::optional<at::Tensor> TaskInstance::forward() {
   return at::Tensor(TensorPtr::reclaim(reinterpret_cast<c10::TensorImpl*>(loss)));
 }
 std::optional<int64_t> TaskInstance::batches_per_epoch() {
-  if (!epochs_) return std::nullopt;
+  if (!epochs_ || !epochs_->batches_per_epoch) return std::nullopt;
   int64_t n = 0;
   const tloop_status status = invoke(epochs_->batches_per_epoch, &n);
   if (status == TLOOP_NOT_FOUND) return std::nullopt;
