@@ -111,7 +111,7 @@ void Trainer::run_steps() {
   optimizer_.set_lr_factor(lr_factor(config_.scheduler, host_.step(), config_.max_steps));
   // Hooks see the epoch from before_train on: whether the task has epochs
   // at all, and where a resumed run stands.
-  if (batches_per_epoch_) host_.step_info()[TLOOP_INFO_EPOCH] = {static_cast<double>(batches_ / *batches_per_epoch_)};
+  if (batches_per_epoch_) host_.step_info()[TLOOP_INFO_EPOCH] = {static_cast<double>(epochs_done())};
   for_each_hook(&HookInstance::before_train);
   boundary_signal_ = pending_signal();  // a signal before the first step: no step runs
   while (host_.step() < config_.max_steps) {
@@ -128,7 +128,7 @@ void Trainer::run_steps() {
 void Trainer::run_step() {
   const auto t0 = Clock::now();
   StepInfo& info = host_.step_info();
-  const int64_t epochs_before = batches_per_epoch_ ? batches_ / *batches_per_epoch_ : 0;
+  const int64_t epochs_before = batches_per_epoch_ ? epochs_done() : 0;
   if (batches_per_epoch_) info[TLOOP_INFO_EPOCH].push_back(static_cast<double>(epochs_before));
   for_each_hook(&HookInstance::before_step);
 
@@ -181,7 +181,7 @@ void Trainer::run_step() {
 
   info[TLOOP_INFO_RETRIES].push_back(static_cast<double>(retries));
   info[TLOOP_INFO_STEP_TIME].push_back(seconds_since(t0));
-  if (batches_per_epoch_) info[TLOOP_INFO_EPOCH_END].push_back(static_cast<double>(batches_ / *batches_per_epoch_ - epochs_before));
+  if (batches_per_epoch_) info[TLOOP_INFO_EPOCH_END].push_back(static_cast<double>(epochs_done() - epochs_before));
   // The loop stops after this step only for a signal that was already
   // pending when after_step began, so every hook's after_step saw it (a
   // checkpointing hook saves on it); a later one waits for the next step.
@@ -241,38 +241,40 @@ void Trainer::accumulate() {
     for (HookInstance* hook : micro_step_hooks_) hook->after_backward(forwards);
     ++micro_steps;
   }
-  read_tensor_records();
+  read_step_scalars();
 }
 
 at::Tensor Trainer::sum_of_named_losses(bool forward_returned_a_loss) {
   if (forward_returned_a_loss)
     throw TrainingError(str(task_.label(), " returned a loss and also added named losses (add_loss); with named ",
                             "losses, forward returns none: the loss is their sum"));
-  StepInfo& info = host_.step_info();
   at::Tensor total;
   for (const auto& [name, term] : host_.named_losses()) {  // scalars: add_loss refuses anything else
-    info[TLOOP_INFO_LOSS_TERM + name].push_back(term.item<double>());
+    loss_terms_.emplace_back(name, term.detach());           // read at the step's end, with the records
     total = total.defined() ? total + term : term;
   }
   return total.reshape({});
 }
 
-// The step's tensor records reach the step info in one copy to the host,
-// rather than one device sync per record.
-void Trainer::read_tensor_records() {
-  Host::NamedTensors records = host_.take_tensor_records();
-  if (records.empty()) return;
+// The step's tensor records and named loss terms reach the step info in one
+// copy to the host, rather than one device sync per value.
+void Trainer::read_step_scalars() {
+  const Host::NamedTensors records = host_.take_tensor_records();
+  const Host::NamedTensors terms = std::exchange(loss_terms_, {});
+  if (records.empty() && terms.empty()) return;
   std::vector<at::Tensor> flat;
-  flat.reserve(records.size());
-  const c10::Device device = records.front().second.device();
-  for (const auto& [key, t] : records) flat.push_back(t.detach().reshape({1}).to(device, at::kDouble));
+  flat.reserve(records.size() + terms.size());
+  const c10::Device device = (records.empty() ? terms : records).front().second.device();
+  for (const auto* list : {&records, &terms})
+    for (const auto& [key, t] : *list) flat.push_back(t.detach().reshape({1}).to(device, at::kDouble));
   const at::Tensor values = at::cat(flat).to(at::kCPU).contiguous();
   const double* v = values.data_ptr<double>();
   StepInfo& info = host_.step_info();
-  for (size_t i = 0; i < records.size(); ++i) {
-    info[TLOOP_INFO_RECORD + records[i].first].push_back(v[i]);
-    last_records_[records[i].first] = v[i];
+  for (const auto& [key, t] : records) {
+    info[TLOOP_INFO_RECORD + key].push_back(*v);
+    last_records_[key] = *v++;
   }
+  for (const auto& [name, t] : terms) info[TLOOP_INFO_LOSS_TERM + name].push_back(*v++);
 }
 
 std::vector<at::Tensor> Trainer::grads() const {

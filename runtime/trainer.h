@@ -60,7 +60,9 @@ class Trainer {
   void accumulate();
   std::vector<at::Tensor> grads() const;
   at::Tensor sum_of_named_losses(bool forward_returned_a_loss);
-  void read_tensor_records();
+  void read_step_scalars();
+  /// Complete passes over the task's data so far (tasks with epochs).
+  int64_t epochs_done() const { return batches_ / *batches_per_epoch_; }
   at::Tensor total_grad_norm(const std::vector<at::Tensor>& grads, double norm_type) const;
   void for_each_hook(void (HookInstance::*event)());
 
@@ -70,6 +72,7 @@ class Trainer {
   std::vector<std::unique_ptr<HookInstance>>& hooks_;
   Optimizer& optimizer_;
   std::vector<at::Tensor> params_;
+  Host::NamedTensors loss_terms_;                // this step's named losses, read with the tensor records
   std::vector<HookInstance*> micro_step_hooks_;  // those offering tloop.micro_step_events/1
   std::optional<int64_t> batches_per_epoch_;    // the task's epoch length, when it declares one
   int64_t batches_ = 0;

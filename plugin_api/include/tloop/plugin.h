@@ -446,7 +446,8 @@ typedef const tloop_library* (*tloop_plugin_entry_fn)(void);
  *   - add_loss: a named scalar loss term. When a micro-step adds any, its
  *     loss is their sum, `forward` must return NULL for *out_loss (returning
  *     a loss as well is an error), and each term is logged in the step info
- *     as "loss/<name>", one value per micro-step. (The optimization work will
+ *     as "loss/<name>", one value per micro-step, read at the step's end
+ *     with the tensor records (one copy). (The optimization work will
  *     weight the terms.)
  *   - record_tensor: a scalar record kept as a tensor, on its device, until
  *     the step ends; then all of a step's tensor records are read in one
