@@ -2,6 +2,7 @@
 
 #include <tloop/keys.h>
 
+#include <ATen/record_function.h>
 #include <torch/optim/adam.h>
 #include <torch/optim/adamw.h>
 #include <torch/optim/sgd.h>
@@ -12,6 +13,10 @@
 namespace tloop {
 
 Optimizer::Optimizer(const OptimizerSpec& spec, const std::vector<at::Tensor>& params) : type_(spec.type) {
+  // The profiler ranges are torch.optim's names, which trace readers know.
+  const std::string torch_name = spec.type == "sgd" ? "SGD" : spec.type == "adam" ? "Adam" : "AdamW";
+  step_range_ = "Optimizer.step#" + torch_name + ".step";
+  zero_grad_range_ = "Optimizer.zero_grad#" + torch_name + ".zero_grad";
   if (spec.type == "sgd") {
     impl_ = std::make_unique<torch::optim::SGD>(params, torch::optim::SGDOptions(spec.lr)
                                                             .momentum(spec.momentum)
@@ -110,8 +115,14 @@ void Optimizer::load_state_dict(const std::vector<std::pair<std::string, at::Ten
   }
 }
 
-void Optimizer::step() { impl_->step(); }
-void Optimizer::zero_grad() { impl_->zero_grad(/*set_to_none=*/true); }
+void Optimizer::step() {
+  RECORD_USER_SCOPE(step_range_);
+  impl_->step();
+}
+void Optimizer::zero_grad() {
+  RECORD_USER_SCOPE(zero_grad_range_);
+  impl_->zero_grad(/*set_to_none=*/true);
+}
 
 void Optimizer::set_lr_factor(double factor) {
   auto& groups = impl_->param_groups();

@@ -34,6 +34,7 @@ class Optimizer : public ParamGroups {
 
  private:
   std::string type_;
+  std::string step_range_, zero_grad_range_;  // profiler ranges
   std::unique_ptr<torch::optim::Optimizer> impl_;
   std::vector<double> base_lrs_;
   std::vector<std::string> names_;

@@ -5,6 +5,7 @@
 #include "log.h"
 #include "text.h"
 
+#include <ATen/record_function.h>
 #include <c10/core/TensorImpl.h>
 #include <tloop/keys.h>
 
@@ -24,6 +25,14 @@ const Ext* find_extension(const LoadedPlugin& plugin, const Vtable* vt, const ch
   return ext && ext->struct_size >= sizeof(Ext) ? ext : nullptr;
 }
 }  // namespace
+
+ProfilerRange::ProfilerRange(const std::string& label, const char* event) {
+  auto callbacks = at::getStepCallbacksUnlessEmpty(at::RecordScope::USER_SCOPE);
+  if (!callbacks) return;
+  range_ = std::make_unique<at::RecordFunction>(std::move(*callbacks));
+  range_->before(label + " " + event);
+}
+ProfilerRange::~ProfilerRange() = default;  // ends the range
 
 PluginInstance::PluginInstance(const LoadedPlugin& plugin, Host& host, const toml::table& options, std::string label)
     : plugin_(plugin), host_(host), label_(std::move(label)) {

@@ -4,10 +4,28 @@
 
 #include "host.h"
 
+#include <memory>
 #include <optional>
 #include <string>
 
+namespace at {
+struct RecordFunction;
+}
+
 namespace tloop {
+
+/// A profiler range ("hooks[1] (progress) after_step") around one call into
+/// a hook; costs one check when no profiler records.
+class ProfilerRange {
+ public:
+  ProfilerRange(const std::string& label, const char* event);
+  ~ProfilerRange();
+  ProfilerRange(const ProfilerRange&) = delete;
+  ProfilerRange& operator=(const ProfilerRange&) = delete;
+
+ private:
+  std::unique_ptr<at::RecordFunction> range_;
+};
 
 /// One created plugin: its `self` and the calls into it.
 class PluginInstance {
@@ -28,6 +46,8 @@ class PluginInstance {
   template <class Fn, class... Args>
   void call(const char* event, Fn fn, Args... args) {
     if (fn == nullptr) return;
+    std::optional<ProfilerRange> range;
+    if (plugin_.kind == TLOOP_KIND_HOOK) range.emplace(label_, event);
     if (invoke(fn, args...) != TLOOP_OK) fail(event);
   }
   /// Calls `fn(self, ctx, args...)` and returns its status.

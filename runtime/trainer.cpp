@@ -8,6 +8,7 @@
 
 #include <ATen/TensorOperators.h>
 #include <ATen/autocast_mode.h>
+#include <ATen/record_function.h>
 #include <ATen/ops/_foreach_mul.h>
 #include <ATen/ops/_foreach_norm.h>
 #include <ATen/ops/cat.h>
@@ -126,6 +127,9 @@ void Trainer::run_steps() {
 }
 
 void Trainer::run_step() {
+  // The step's profiler range, under the name torch.profiler gives steps
+  // (trace readers find iterations by it); costs one check when no profiler runs.
+  RECORD_USER_SCOPE(str("ProfilerStep#", host_.step()));
   const auto t0 = Clock::now();
   StepInfo& info = host_.step_info();
   const int64_t epochs_before = batches_per_epoch_ ? epochs_done() : 0;
@@ -160,6 +164,7 @@ void Trainer::run_step() {
 
   for_each_hook(&HookInstance::before_optimizer_step);
   if (config_.grad_clip) {
+    RECORD_USER_SCOPE("tloop::clip_grad_norm");
     // torch.nn.utils.clip_grad_norm_, op for op: the coefficient is computed
     // in the gradients' dtype (Python's `max_norm / t` is reciprocal(t) *
     // max_norm) and always applied, so the clipped values match bit for bit.
@@ -195,13 +200,17 @@ void Trainer::accumulate() {
   int64_t micro_steps = 0;  // with a backward: what gradient_accumulation_steps counts
   for (int64_t forwards = 0; micro_steps < config_.gradient_accumulation_steps; ++forwards) {
     const auto t0 = Clock::now();
-    task_.next_batch();
+    {
+      RECORD_USER_SCOPE("tloop::next_batch");
+      task_.next_batch();
+    }
     ++batches_;
     info[TLOOP_INFO_DATA_TIME].push_back(seconds_since(t0));
 
     host_.micro_records().clear();
     std::optional<at::Tensor> loss;
     {
+      RECORD_USER_SCOPE("tloop::forward");
       AutocastScope autocast(device_type, config_.autocast_dtype);
       host_.begin_forward();
       struct EndForward {
@@ -237,7 +246,10 @@ void Trainer::accumulate() {
     at::Tensor scaled = *loss / static_cast<double>(config_.gradient_accumulation_steps);
     if (scaler_) scaled = scaler_->scale(scaled);
     for (HookInstance* hook : micro_step_hooks_) hook->before_backward(forwards);
-    scaled.backward();
+    {
+      RECORD_USER_SCOPE("tloop::backward");
+      scaled.backward();
+    }
     for (HookInstance* hook : micro_step_hooks_) hook->after_backward(forwards);
     ++micro_steps;
   }

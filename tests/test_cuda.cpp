@@ -1,7 +1,8 @@
 // The CUDA paths: autocast and the grad scaler on the GPU, cuda_max_memory's
 // allocator statistics, the CUDA RNG state in checkpoints, async saves of GPU
-// tensors and EMA on the GPU. Built into tloop_cuda_tests, whose main exits 77
-// (ctest: skipped) without a CUDA device; every case is in the "cuda" suite,
+// tensors, EMA on the GPU and the profiler's kernels. Built into
+// tloop_cuda_tests, whose main exits 77 (ctest: skipped) without a CUDA
+// device; every case is in the "cuda" suite,
 // which doctest_discover_tests turns into the ctest label "cuda".
 // Every wait polls for observed progress with a deadline (test::wait_until); no
 // check depends on how fast the machine is.
@@ -438,3 +439,36 @@ TEST_CASE("cuda: ema on the GPU equals the closed form") {
 }
 
 }  // TEST_SUITE("cuda")
+
+TEST_CASE("cuda: the profiler records the GPU kernels that each recorded step launched") {
+  TempDir dir;
+  test::train(dir, mlp_spec(kPlain, 5, "", "[[hooks]]\nplugin = \"profiler\"\nwait = 1\nwarmup = 1\nactive = 2\n"));
+  const fs::path trace = dir / "ws" / "profiler" / "steps_3-4" / "rank0.pt.trace.json";
+  REQUIRE(fs::exists(trace));
+  std::ifstream in(trace);
+  const json events = json::parse(in).at("traceEvents");
+  double begin = INFINITY, end = -INFINITY;  // steps 3 and 4, on the host
+  std::map<int64_t, double> launches;        // correlation -> launch time
+  std::vector<int64_t> kernels;              // their correlations
+  for (const json& e : events) {
+    const std::string name = e.value("name", ""), cat = e.value("cat", "");
+    if (name == "ProfilerStep#3" || name == "ProfilerStep#4") {
+      begin = std::min(begin, e.at("ts").get<double>());
+      end = std::max(end, e.at("ts").get<double>() + e.at("dur").get<double>());
+    } else if (cat == "cuda_runtime" && e.contains("args") && e["args"].contains("correlation")) {
+      launches[e["args"]["correlation"].get<int64_t>()] = e.at("ts").get<double>();
+    } else if (cat == "kernel") {
+      kernels.push_back(e.at("args").at("correlation").get<int64_t>());
+    }
+  }
+  REQUIRE(std::isfinite(begin));
+  // forward, backward and AdamW launch kernels in both steps; the window ends
+  // after a device sync, so the last step's kernels are in it too
+  CHECK(kernels.size() >= 2);
+  for (int64_t corr : kernels) {
+    INFO("kernel with correlation ", corr);
+    REQUIRE(launches.count(corr) == 1);
+    CHECK(launches[corr] >= begin);
+    CHECK(launches[corr] <= end);
+  }
+}
