@@ -60,7 +60,12 @@ std::vector<boost::dll::shared_library>& libraries() {
   return *libs;
 }
 
-Schema schema_from(const tloop_plugin_descriptor& d, const std::string& where) {
+// The newest option type a library built for ABI 1.`minor` can declare.
+tloop_value_type last_option_type(uint32_t minor) {
+  return minor >= 4 ? TLOOP_TYPE_INT_OR_STRING : minor >= 1 ? TLOOP_TYPE_INT_LIST : TLOOP_TYPE_STRING_LIST;
+}
+
+Schema schema_from(const tloop_plugin_descriptor& d, uint32_t abi_minor, const std::string& where) {
   Schema schema;
   if (d.option_count > 0 && d.options == nullptr) throw PluginLoadError(where + ": its options array is missing");
   // Elements are read with the writer's struct_size as the stride (ABI 1.3):
@@ -79,6 +84,10 @@ Schema schema_from(const tloop_plugin_descriptor& d, const std::string& where) {
     for (const char* reserved : {"plugin", "key", "on_error"})
       if (std::strcmp(o.name, reserved) == 0)
         throw PluginLoadError(where + ": option '" + o.name + "' is reserved by the run spec (plugin, key, on_error)");
+    if (static_cast<uint32_t>(o.type) > static_cast<uint32_t>(last_option_type(abi_minor)))
+      throw PluginLoadError(where + ": option '" + o.name + "' has type " + std::to_string(o.type) +
+                            ", not a tloop_value_type of ABI 1." + std::to_string(abi_minor) + " (0 to " +
+                            std::to_string(last_option_type(abi_minor)) + ")");
     OptionSpec s;
     s.name = o.name;
     s.type = o.type;
@@ -160,7 +169,7 @@ void Catalog::load_file(const fs::path& file) {
       phase = static_cast<tloop_hook_phase>(d->hook->phase);
     }
     found.push_back({d->name, d->kind, d->version ? d->version : "", d->description ? d->description : "", shown,
-                     schema_from(*d, where), d, info->abi_minor, phase});
+                     schema_from(*d, info->abi_minor, where), d, info->abi_minor, phase});
   }
   for (size_t i = 0; i < found.size(); ++i) {
     const LoadedPlugin* existing = find(found[i].name);

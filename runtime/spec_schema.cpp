@@ -50,6 +50,7 @@ const char* type_word(tloop_value_type t) {
     case TLOOP_TYPE_STRING: return "a string";
     case TLOOP_TYPE_STRING_LIST: return "a list of strings";
     case TLOOP_TYPE_INT_LIST: return "a list of integers";
+    case TLOOP_TYPE_INT_OR_STRING: return "an integer or a string";
   }
   return "a value";
 }
@@ -68,6 +69,7 @@ bool type_ok(const toml::node& n, tloop_value_type t) {
       const toml::array* a = n.as_array();
       return a && std::all_of(a->begin(), a->end(), [](const toml::node& e) { return e.is_integer(); });
     }
+    case TLOOP_TYPE_INT_OR_STRING: return n.is_integer() || n.is_string();
   }
   return false;
 }
@@ -116,7 +118,8 @@ void validate_table(toml::table& table, const Schema& schema, const std::string&
       problems.push_back(at + "expected " + type_word(o.type) + ", got " + describe(*node));
       continue;
     }
-    if (o.type == TLOOP_TYPE_INT || o.type == TLOOP_TYPE_DOUBLE) {
+    if (o.type == TLOOP_TYPE_INT || o.type == TLOOP_TYPE_DOUBLE ||
+        (o.type == TLOOP_TYPE_INT_OR_STRING && node->is_integer())) {
       const double v = node->is_integer() ? static_cast<double>(node->as_integer()->get())
                                           : node->as_floating_point()->get();
       if (std::isnan(v) || (o.min && v < *o.min) || (o.max && v > *o.max)) {
@@ -131,7 +134,7 @@ void validate_table(toml::table& table, const Schema& schema, const std::string&
         table.insert_or_assign(o.name, v);  // readers see one type
       }
     }
-    if (o.type == TLOOP_TYPE_STRING && !o.choices.empty()) {
+    if (node->is_string() && !o.choices.empty()) {
       const std::string v = node->as_string()->get();
       if (std::find(o.choices.begin(), o.choices.end(), v) == o.choices.end()) {
         std::string msg = at + "must be one of " + join(o.choices, ", ") + ", got \"" + v + "\"";

@@ -207,24 +207,49 @@ TEST_CASE("a full disk during a save keeps the previous checkpoints and follows 
   }
 }
 
-TEST_CASE("SIGTERM and SIGUSR1 in exit_signals save that step's checkpoint and exit 128+N") {
-  for (int sig : {SIGTERM, SIGUSR1}) {
-    INFO(strsignal(sig));
+TEST_CASE("SIGTERM and SIGUSR1 in exit_signals save that step's checkpoint and exit 128+N, or exit_code") {
+  struct Case {
+    int sig;
+    std::string exit_code;  // the option's line, if any
+    int expected;
+  };
+  // exit_code is trainloop's: "128+signal" (the default) or a number.
+  for (const Case& c : {Case{SIGTERM, "", 128 + SIGTERM}, Case{SIGUSR1, "", 128 + SIGUSR1},
+                        Case{SIGTERM, "exit_code = \"128+signal\"\n", 128 + SIGTERM},
+                        Case{SIGUSR1, "exit_code = 7\n", 7}}) {
+    INFO(strsignal(c.sig), " ", c.exit_code);
     TempDir dir;
     const fs::path ws = dir / "ws";
     test::write_file(dir / "spec.toml",
-                     regression_spec(ws, kEndless, "interval = 1000000\nexit_signals = [\"SIGTERM\", \"SIGUSR1\"]\n"));
+                     regression_spec(ws, kEndless, "interval = 1000000\nexit_signals = [\"SIGTERM\", \"SIGUSR1\"]\n" +
+                                                       c.exit_code));
     const pid_t pid = spawn(dir / "spec.toml", dir / "run.log");
     test::wait_until([&] { return test::last_logged_step(ws / "metrics.jsonl") >= 1; }, "a step in metrics.jsonl", pid);
-    kill(pid, sig);
-    CHECK(wait_exit(pid) == 128 + sig);
+    kill(pid, c.sig);
+    CHECK(wait_exit(pid) == c.expected);
     const std::string log = test::read_file(dir / "run.log");
     INFO(log);
     const std::string step = latest(ws);
     CHECK(std::stoll(step) > 0);
-    CHECK(log.find("received: checkpoint of step " + step + " saved; exiting with code " + std::to_string(128 + sig)) !=
+    CHECK(log.find("received: checkpoint of step " + step + " saved; exiting with code " + std::to_string(c.expected)) !=
           std::string::npos);
     CHECK(fs::exists(ws / "checkpoints" / step / "manifest.json"));
+  }
+}
+
+TEST_CASE("exit_code is a number from 0 to 255 or the string \"128+signal\", and validate says which") {
+  TempDir dir;
+  const fs::path ws = dir / "ws";
+  for (const auto& [line, message] : std::vector<std::pair<std::string, std::string>>{
+           {"exit_code = \"130\"", "hooks[1].exit_code: must be one of 128+signal, got \"130\""},
+           {"exit_code = 1.5", "hooks[1].exit_code: expected an integer or a string, got a number (1.5)"},
+           {"exit_code = 300", "hooks[1].exit_code: must be between 0 and 255, got an integer (300)"}}) {
+    INFO(line);
+    test::write_file(dir / "spec.toml", regression_spec(ws, 2, "exit_signals = [\"SIGTERM\"]\n" + line + "\n"));
+    const auto r = test::run_command(test::cli() + " validate " + (dir / "spec.toml").string());
+    CHECK(r.exit_code == 2);
+    CHECK(r.output.find(message) != std::string::npos);
+    CHECK(!fs::exists(ws));
   }
 }
 

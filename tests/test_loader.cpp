@@ -99,16 +99,17 @@ TEST_CASE("a refused library on the plugin path stops a run with exit code 2") {
   CHECK_FALSE(std::filesystem::exists(dir / "ws"));
 }
 
-TEST_CASE("plugins built against the frozen v1.0, v1.1 and v1.2 headers load and work in the current host") {
+TEST_CASE("plugins built against the frozen v1.0, v1.1, v1.2 and v1.3 headers load and work in the current host") {
   TempDir dir;
   const std::string v10 = (dir / "v1_0.txt").string(), v11 = (dir / "v1_1.txt").string(),
-                    v12 = (dir / "v1_2.txt").string();
+                    v12 = (dir / "v1_2.txt").string(), v13 = (dir / "v1_3.txt").string();
   auto run = test::train(dir, std::string("[plugins]\npaths = [\"") + TLOOP_TEST_PLUGIN_DIR +
                                   "\"]\n[trainer]\nmax_steps = 2\n[task]\nplugin = \"regression_mlp\"\n"
                                   "[[hooks]]\nplugin = \"logging\"\ninterval = 1\n"
                                   "[[hooks]]\nplugin = \"frozen_v1_0_hook\"\nfile = \"" + v10 + "\"\n"
                                   "[[hooks]]\nplugin = \"frozen_v1_1_hook\"\nfile = \"" + v11 + "\"\n"
-                                  "[[hooks]]\nplugin = \"frozen_v1_2_hook\"\nfile = \"" + v12 + "\"\n");
+                                  "[[hooks]]\nplugin = \"frozen_v1_2_hook\"\nfile = \"" + v12 + "\"\n"
+                                  "[[hooks]]\nplugin = \"frozen_v1_3_hook\"\nfile = \"" + v13 + "\"\n");
   // Hooks built for 1.2 or older have the update phase: their after_step
   // comes before logging's (the log phase), which logs the step.
   const std::vector<std::string> events = {"before_train 0",
@@ -133,7 +134,19 @@ TEST_CASE("plugins built against the frozen v1.0, v1.1 and v1.2 headers load and
   with_finish.push_back("finish 2 exit 0");
   INFO(test::read_file(v12));
   CHECK(test::read_lines(v12) == with_finish);
-  for (const char* hook : {"frozen_v1_0_hook", "frozen_v1_1_hook", "frozen_v1_2_hook"})
+  // 1.3 added phases (this one saves: its after_step comes after logging's
+  // log call) and extensions (it takes the micro-step events).
+  const std::vector<std::string> v13_events = {
+      "resume 0",         "before_train 0",
+      "before_step 1",    "after_forward 1 micro 0",
+      "before_optimizer_step 1 loss", "on_log 1 loss",
+      "after_step 1 loss", "before_step 2",
+      "after_forward 2 micro 0", "before_optimizer_step 2 loss",
+      "on_log 2 loss",    "after_step 2 loss",
+      "after_train 2 loss", "finish 2 exit 0"};
+  INFO(test::read_file(v13));
+  CHECK(test::read_lines(v13) == v13_events);
+  for (const char* hook : {"frozen_v1_0_hook", "frozen_v1_1_hook", "frozen_v1_2_hook", "frozen_v1_3_hook"})
     CHECK(std::get<int64_t>(run->plugin_state().at(std::string("hooks/") + hook + "/events")) == 1);
 }
 
@@ -153,6 +166,15 @@ TEST_CASE("an array of options is read with its elements' struct_size, so a late
 TEST_CASE("an option named like a run-spec key is refused, naming the file") {
   CHECK(load_error(bad("reserved_option")) ==
         bad("reserved_option") + ": plugin 'reserved_option': option 'on_error' is reserved by the run spec (plugin, key, on_error)");
+}
+
+TEST_CASE("an option type newer than the plugin's ABI minor is refused, naming the file") {
+  CHECK(load_error(bad("int_or_string_1_3")) ==
+        bad("int_or_string_1_3") + ": plugin 'int_or_string_1_3': option 'mode' has type 6, not a tloop_value_type "
+                                   "of ABI 1.3 (0 to 5)");
+  tloop::Catalog catalog;
+  catalog.load_file(bad("int_or_string_1_4"));
+  CHECK(catalog.find("int_or_string_1_4")->schema.at(0).type == TLOOP_TYPE_INT_OR_STRING);
 }
 
 TEST_CASE("a hook declares its phase, hooks that declare none update, and an unknown phase is refused") {

@@ -27,6 +27,7 @@ std::string type_name(tloop_value_type t) {
     case TLOOP_TYPE_STRING: return "string";
     case TLOOP_TYPE_STRING_LIST: return "list of strings";
     case TLOOP_TYPE_INT_LIST: return "list of integers";
+    case TLOOP_TYPE_INT_OR_STRING: return "int or string";
   }
   return "?";
 }

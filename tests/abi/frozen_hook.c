@@ -8,15 +8,17 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if TLOOP_ABI_VERSION_MAJOR != 1 || TLOOP_ABI_VERSION_MINOR > 2
-#error "this plugin must be built against a frozen 1.0, 1.1 or 1.2 header"
+#if TLOOP_ABI_VERSION_MAJOR != 1 || TLOOP_ABI_VERSION_MINOR > 3
+#error "this plugin must be built against a frozen 1.0, 1.1, 1.2 or 1.3 header"
 #endif
 #if TLOOP_ABI_VERSION_MINOR == 0
 #define FROZEN_NAME "frozen_v1_0_hook"
 #elif TLOOP_ABI_VERSION_MINOR == 1
 #define FROZEN_NAME "frozen_v1_1_hook"
-#else
+#elif TLOOP_ABI_VERSION_MINOR == 2
 #define FROZEN_NAME "frozen_v1_2_hook"
+#else
+#define FROZEN_NAME "frozen_v1_3_hook"
 #endif
 
 typedef struct recorder {
@@ -74,6 +76,20 @@ static tloop_status finish(void* s, const tloop_context* c, int32_t exit_code) {
   return TLOOP_OK;
 }
 #endif
+#if TLOOP_ABI_VERSION_MINOR >= 3
+/* 1.3: extensions; this hook takes the micro-step events. */
+static tloop_status after_forward(void* s, const tloop_context* c, int64_t micro_step) {
+  recorder* r = s;
+  fprintf(r->out, "after_forward %lld micro %lld\n", (long long)c->api->step(c->host), (long long)micro_step);
+  fflush(r->out);
+  return TLOOP_OK;
+}
+static const tloop_micro_step_events_v1 micro_step_events = {sizeof(tloop_micro_step_events_v1), after_forward, NULL,
+                                                             NULL};
+static const void* get_extension(const char* id) {
+  return strcmp(id, TLOOP_MICRO_STEP_EVENTS_ID) == 0 ? &micro_step_events : NULL;
+}
+#endif
 static tloop_status on_log(void* s, const tloop_context* c, const tloop_metric* m, size_t n) {
   (void)m;
   (void)n;
@@ -96,6 +112,10 @@ static const tloop_hook_vtable vtable = {
 #endif
 #if TLOOP_ABI_VERSION_MINOR >= 2
     finish,
+#endif
+#if TLOOP_ABI_VERSION_MINOR >= 3
+    TLOOP_PHASE_SAVE, /* 1.3: phases; saving runs after logging */
+    get_extension,
 #endif
 };
 

@@ -8,7 +8,8 @@
  *                                          this header's tloop_option_desc, as
  *                                          a newer minor could write them
  *   VARIANT_PHASE                          the phase it declares (default: none)
- *   VARIANT_RESERVED_OPTION                one option with this (reserved) name */
+ *   VARIANT_RESERVED_OPTION                one option with this (reserved) name
+ *   VARIANT_OPTION_TYPE                    one option "mode" of this tloop_value_type */
 #include <tloop/plugin.h>
 
 #ifndef VARIANT_ABI_MAJOR
@@ -57,6 +58,13 @@ static const tloop_option_desc reserved[] = {
     {sizeof(tloop_option_desc), VARIANT_RESERVED_OPTION, TLOOP_TYPE_STRING, "\"x\"", "a name the run spec owns", 0, 0, 0, 0, NULL},
 };
 #define VARIANT_OPTIONS reserved
+#define VARIANT_OPTION_COUNT 1
+#elif defined(VARIANT_OPTION_TYPE)
+static const tloop_option_desc typed[] = {
+    {sizeof(tloop_option_desc), "mode", (tloop_value_type)(VARIANT_OPTION_TYPE), "1", "an option of a given type", 0, 0,
+     0, 0, NULL},
+};
+#define VARIANT_OPTIONS typed
 #define VARIANT_OPTION_COUNT 1
 #else
 #define VARIANT_OPTIONS NULL

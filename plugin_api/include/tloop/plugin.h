@@ -68,7 +68,7 @@ extern "C" {
 #endif
 
 #define TLOOP_ABI_VERSION_MAJOR 1
-#define TLOOP_ABI_VERSION_MINOR 3
+#define TLOOP_ABI_VERSION_MINOR 4
 
 /* The one symbol every plugin library exports. */
 #define TLOOP_ENTRY_SYMBOL "tloop_plugin_entry"
@@ -135,7 +135,12 @@ typedef enum tloop_value_type {
   TLOOP_TYPE_DOUBLE = 2, /* an integer literal is accepted too */
   TLOOP_TYPE_STRING = 3,
   TLOOP_TYPE_STRING_LIST = 4,
-  TLOOP_TYPE_INT_LIST = 5 /* since 1.1 */
+  TLOOP_TYPE_INT_LIST = 5, /* since 1.1 */
+  /* since 1.4: an integer literal or a string (checkpointing's exit_code:
+   * 3 or "128+signal"). `choices` constrains the string form, min/max the
+   * integer form; the default is either. Read it with option_int, and with
+   * option_string when that returns TLOOP_TYPE_MISMATCH. */
+  TLOOP_TYPE_INT_OR_STRING = 6
 } tloop_value_type;
 
 /* One option a plugin accepts in its `[[hooks]]` / `[task]` table. */

@@ -24,6 +24,7 @@
 #include <stdexcept>
 #include <string>
 #include <utility>
+#include <variant>
 #include <vector>
 
 // The LibTorch version a library reports. tloop/torch.hpp defines it; a
@@ -132,6 +133,16 @@ inline OptionSpec option(std::string name, std::initializer_list<const char*> de
 inline OptionSpec option(std::string name, std::initializer_list<int64_t> def, std::string doc) {
   return option(std::move(name), std::vector<int64_t>(def), std::move(doc));
 }
+/// An option that is an integer or a string (ABI 1.4), such as
+/// checkpointing's `exit_code = 3` or `"128+signal"`. The default is either;
+/// one_of() constrains the string form, range() and at_least() the integer.
+/// Read it with Options::get_int_or_string.
+inline OptionSpec option_int_or_string(std::string name, const char* def, std::string doc) {
+  return {std::move(name), TLOOP_TYPE_INT_OR_STRING, detail::toml_quote(def), std::move(doc), {}, {}, {}};
+}
+inline OptionSpec option_int_or_string(std::string name, int64_t def, std::string doc) {
+  return {std::move(name), TLOOP_TYPE_INT_OR_STRING, std::to_string(def), std::move(doc), {}, {}, {}};
+}
 /// An option the spec must give.
 inline OptionSpec required(std::string name, tloop_value_type type, std::string doc) {
   return {std::move(name), type, std::nullopt, std::move(doc), {}, {}, {}};
@@ -187,6 +198,16 @@ class Options {
     const char* v = nullptr;
     check(api_->option_string(options_, name, &v), name);
     return v;
+  }
+  /// A TLOOP_TYPE_INT_OR_STRING option: the integer, or the string.
+  std::variant<int64_t, std::string> get_int_or_string(const char* name) const {
+    int64_t i = 0;
+    const tloop_status st = api_->option_int(options_, name, &i);
+    if (st != TLOOP_TYPE_MISMATCH) {
+      check(st, name);
+      return i;
+    }
+    return get_string(name);
   }
   std::vector<int64_t> get_int_list(const char* name) const {
     return get_list<int64_t, int64_t>(name, api_->option_int_list);

@@ -189,7 +189,9 @@ class Checkpointing : public tloop::Hook {
                               "(\"1000\"), or a checkpoint directory"),
                 tloop::option("exit_signals", std::vector<std::string>{},
                               "signals that save a checkpoint and exit: SIGTERM, SIGUSR1, SIGINT, SIGHUP"),
-                tloop::optional("exit_code", TLOOP_TYPE_INT, "exit code after a signal save; default 128+signal")
+                tloop::option_int_or_string("exit_code", "128+signal",
+                                            "exit code after a signal save: \"128+signal\" or a number")
+                    .one_of({"128+signal"})
                     .range(0, 255),
                 tloop::option("exit_wait", 0.0, "seconds to wait after a signal save before exiting").at_least(0),
                 tloop::option("async", false, "write checkpoints on a background thread"),
@@ -214,7 +216,9 @@ class Checkpointing : public tloop::Hook {
       if (it == kSignals.end()) throw tloop::Error("exit_signals: unknown signal '" + name + "' (SIGTERM, SIGUSR1, SIGINT, SIGHUP)");
       exit_signals_.insert(it->second);
     }
-    if (o.has("exit_code")) exit_code_ = static_cast<int>(o.get_int("exit_code"));
+    // trainloop's exit_code: the string "128+signal" (its default) or a number.
+    if (auto code = o.get_int_or_string("exit_code"); std::holds_alternative<int64_t>(code))
+      exit_code_ = static_cast<int>(std::get<int64_t>(code));
     const fs::path p = o.get_string("path");
     root_ = p.is_absolute() ? p : fs::path(ctx.workspace()) / p;
   }
