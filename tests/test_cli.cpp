@@ -2,6 +2,7 @@
 #include "support.h"
 
 #include <doctest/doctest.h>
+#include <nlohmann/json.hpp>
 
 #include <csignal>
 #include <filesystem>
@@ -102,6 +103,14 @@ TEST_CASE("the default spec reaches 95% holdout accuracy and writes TensorBoard 
     return false;
   };
   CHECK(has_file(ws / "tb", std::regex(R"(events\.out\.tfevents\..*)")));
+  // The holdout is measured every eval_interval (100) steps and logged with
+  // the row of its own step, never carried into another interval's row.
+  std::vector<int64_t> holdout_steps;
+  for (const auto& line : test::read_lines(ws / "metrics.jsonl")) {
+    const auto row = nlohmann::json::parse(line);
+    if (row.contains("train/holdout_accuracy")) holdout_steps.push_back(row["step"].get<int64_t>());
+  }
+  CHECK(holdout_steps == std::vector<int64_t>{100, 200, 300, 400, 500, 600});
   const std::string id = test::read_file(ws / "wandb_run_id");
   CHECK(has_file(ws / "wandb" / "latest-run", std::regex("run-" + id + "\\.wandb")));
 }

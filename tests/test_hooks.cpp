@@ -140,6 +140,30 @@ TEST_CASE("logging's aggregates equal hand-computed means and log the learning r
   }
 }
 
+TEST_CASE("a record reported on some steps only is the mean over those steps, absent where none reported it") {
+  // scripted_task records sparse = step on steps 3, 6 and 9: trainloop's
+  // key_average over the steps of the interval that reported it, never a
+  // value carried over from an earlier interval.
+  for (const auto& [interval, expected] : std::vector<std::pair<int, std::map<int64_t, double>>>{
+           {2, {{4, 3.0}, {6, 6.0}, {9, 9.0}}},  // rows at 2, 4, 6, 8, 9
+           {6, {{6, 4.5}, {9, 9.0}}}}) {         // rows at 6 and 9
+    INFO("logging interval ", interval);
+    TempDir dir;
+    test::train(dir, kTestPlugins + "[trainer]\nmax_steps = 9\n[task]\nplugin = \"scripted_task\"\nrecord_every = 3\n"
+                                    "[optimizer]\ntype = \"sgd\"\n[[hooks]]\nplugin = \"logging\"\ninterval = " +
+                                    std::to_string(interval) + "\n");
+    std::map<int64_t, double> logged;
+    int64_t rows = 0;
+    for (const auto& line : test::read_lines(dir / "ws" / "metrics.jsonl")) {
+      const auto row = nlohmann::json::parse(line);
+      ++rows;
+      if (row.contains("train/sparse")) logged[row["step"].get<int64_t>()] = row["train/sparse"].get<double>();
+    }
+    CHECK(rows == (interval == 2 ? 5 : 2));
+    CHECK(logged == expected);
+  }
+}
+
 TEST_CASE("progress prints the means over its interval, as trainloop does") {
   TempDir dir;
   // lr 1, gradient 1: the loss of step t is 3 (2 - t); steps 1..3 average 0.

@@ -25,6 +25,8 @@ class ScriptedTask : public tloop::Task {
                 tloop::option("outputs", "loss", "what forward gives: loss | named (add_loss 'a' and 'b', "
                                                  "record_tensor 'w_sum', publish 'w2') | named_and_loss")
                     .one_of({"loss", "named", "named_and_loss"}),
+                tloop::option("record_every", 0, "record 'sparse' = the step on every n-th step only (0: never)")
+                    .at_least(0),
                 tloop::option("batches_per_epoch", 0, "epoch length declared (tloop.epochs/1); 0: no epochs; "
                                                      "negative: declared as given (a bad length)"),
             }};
@@ -37,6 +39,7 @@ class ScriptedTask : public tloop::Task {
         fail_in_(o.get_string("fail_in")),
         image_keys_(o.get_string_list("image_keys")),
         outputs_(o.get_string("outputs")),
+        record_every_(o.get_int("record_every")),
         batches_per_epoch_(o.get_int("batches_per_epoch")) {
     if (fail_in_ == "create") throw tloop::Error("scripted failure in create");
   }
@@ -63,6 +66,7 @@ class ScriptedTask : public tloop::Task {
     ++forwards_;
     if (fail_in_ == "forward") throw tloop::Error("scripted failure in forward");
     ctx.record("forward", static_cast<double>(forwards_));
+    if (record_every_ > 0 && ctx.step() % record_every_ == 0) ctx.record("sparse", static_cast<double>(ctx.step()));
     if (forwards_ == 1 && !image_keys_.empty()) {
       // 2 wide, 3 high, RGBA; pixel (x, y) = (10x, 20y, 7, 255 - 100x): known values for the decoders.
       for (int y = 0; y < 3; ++y)
@@ -94,7 +98,7 @@ class ScriptedTask : public tloop::Task {
   std::string fail_in_;
   std::vector<std::string> image_keys_;
   std::string outputs_;
-  int64_t batches_per_epoch_;
+  int64_t record_every_, batches_per_epoch_;
   uint8_t pixels_[2 * 3 * 4] = {};
   int64_t batches_ = 0, forwards_ = 0;
   at::Tensor w_;

@@ -1,6 +1,7 @@
 // digits_cnn: a small CNN on the 8x8 UCI handwritten digits (1797 images).
-// Holds out a seeded fraction, reports train and holdout accuracy as records,
-// and logs sample images (the first step) and holdout predictions (the last).
+// Holds out a seeded fraction, reports train accuracy every step and holdout
+// accuracy every eval_interval steps and at the last as records, and logs
+// sample images (the first step) and holdout predictions (the last).
 #include <tloop/torch.hpp>
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -157,12 +158,18 @@ class DigitsCnn : public tloop::Task {
     at::Tensor loss = F::cross_entropy(logits, yb_);
     ctx.record("accuracy", logits.argmax(1).eq(yb_).to(at::kFloat).mean().item<double>());
 
+    // Once per step (forward runs once per micro-batch). The holdout is
+    // evaluated at multiples of eval_interval and at the last step: with a
+    // logging interval that divides eval_interval, each logged
+    // holdout_accuracy is the one measured at the step it is logged for.
     const int64_t step = ctx.step();
-    if (step != last_eval_step_ && (step % eval_interval_ == 0 || step == ctx.max_steps() || step == 1)) {
-      last_eval_step_ = step;
-      at::Tensor predictions = evaluate(ctx);
-      if (num_images_ > 0 && step == 1) log_images(ctx, "samples", predictions, false);
-      if (num_images_ > 0 && step == ctx.max_steps()) log_images(ctx, "predictions", predictions, true);
+    if (step != last_step_) {
+      last_step_ = step;
+      if (num_images_ > 0 && step == 1) log_images(ctx, "samples", at::Tensor(), false);
+      if (step % eval_interval_ == 0 || step == ctx.max_steps()) {
+        at::Tensor predictions = evaluate(ctx);
+        if (num_images_ > 0 && step == ctx.max_steps()) log_images(ctx, "predictions", predictions, true);
+      }
     }
     return loss;
   }
@@ -201,7 +208,7 @@ class DigitsCnn : public tloop::Task {
                             .repeat_interleave(kScale, 3)
                             .contiguous();
     at::Tensor labels = y_holdout_.slice(0, 0, count).to(at::kCPU);
-    at::Tensor preds = predicted.slice(0, 0, count).to(at::kCPU);
+    at::Tensor preds = with_prediction ? predicted.slice(0, 0, count).to(at::kCPU) : at::Tensor();
     std::vector<tloop::ImageView> images;
     const int side = static_cast<int>(kSide * kScale);
     for (int64_t i = 0; i < count; ++i) {
@@ -219,7 +226,7 @@ class DigitsCnn : public tloop::Task {
   uint64_t seed_ = 0;
   c10::Device device_ = c10::Device(c10::kCPU);
   at::Tensor x_train_, y_train_, x_holdout_, y_holdout_, order_, xb_, yb_;
-  int64_t epoch_ = 0, cursor_ = 0, last_eval_step_ = -1;
+  int64_t epoch_ = 0, cursor_ = 0, last_step_ = -1;
   DigitsNet net_{nullptr};
 };
 
