@@ -122,7 +122,11 @@ void validate_table(toml::table& table, const Schema& schema, const std::string&
         (o.type == TLOOP_TYPE_INT_OR_STRING && node->is_integer())) {
       const double v = node->is_integer() ? static_cast<double>(node->as_integer()->get())
                                           : node->as_floating_point()->get();
-      if (std::isnan(v) || (o.min && v < *o.min) || (o.max && v > *o.max)) {
+      if (!std::isfinite(v)) {  // TOML's inf and nan: no option means anything by them
+        problems.push_back(at + "must be a finite number, got " + describe(*node));
+        continue;
+      }
+      if ((o.min && v < *o.min) || (o.max && v > *o.max)) {
         std::string range = o.min && o.max ? "between " + number_text(*o.min) + " and " + number_text(*o.max)
                             : o.min      ? "at least " + number_text(*o.min)
                             : o.max      ? "at most " + number_text(*o.max)
@@ -131,7 +135,8 @@ void validate_table(toml::table& table, const Schema& schema, const std::string&
         continue;
       }
       if (o.type == TLOOP_TYPE_DOUBLE && node->is_integer()) {
-        table.insert_or_assign(o.name, v);  // readers see one type
+        table.insert_or_assign(o.name, v);  // readers see one type; `node` is gone now
+        continue;
       }
     }
     if (node->is_string() && !o.choices.empty()) {

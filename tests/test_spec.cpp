@@ -57,6 +57,33 @@ TEST_CASE("a bad value is reported: out of range, and not one of the choices") {
                        file + ":6:19: trainer.mixed_precision: must be one of bf16, fp16, got \"fp8\""});
 }
 
+TEST_CASE("inf and nan are refused for every number, core and plugin options alike") {
+  TempDir dir;
+  auto c = run_cli(dir, "[trainer]\nmax_steps = 10\ngrad_clip = inf\n" + kTask +
+                            "[optimizer]\nlr = nan\n[[hooks]]\nplugin = \"ema\"\ndecay = -inf\n",
+                   "--set optimizer.weight_decay=inf");
+  const std::string file = (dir / "spec.toml").string();
+  expect_bad_input(c, {file + ":5:13: trainer.grad_clip: must be a finite number, got a number (inf)",
+                       "optimizer.lr: must be a finite number, got a number (nan)",
+                       "hooks[0].decay: must be a finite number, got a number (-inf)",
+                       "--set optimizer.weight_decay=inf: optimizer.weight_decay: must be a finite number"});
+}
+
+TEST_CASE("an integer literal for a number option is that number, in core sections and plugin options") {
+  TempDir dir;
+  test::write_file(dir / "spec.toml", "[run]\nworkspace = \"" + (dir / "ws").string() +
+                                          "\"\n[trainer]\nmax_steps = 1\ngrad_clip = 1\nsignal_grace = 0\n" + kTask +
+                                          "[optimizer]\nlr = 1\n[[hooks]]\nplugin = \"ema\"\ndecay = 0\n");
+  const auto r = test::run_command(test::cli() + " run " + (dir / "spec.toml").string());
+  INFO(r.output);
+  REQUIRE(r.exit_code == 0);
+  const std::string resolved = test::read_file(dir / "ws" / "spec.resolved.toml");
+  for (const char* line : {"grad_clip = 1.0", "signal_grace = 0.0", "lr = 1.0", "decay = 0.0"}) {
+    INFO(line);
+    CHECK(resolved.find(line) != std::string::npos);
+  }
+}
+
 TEST_CASE("a missing required key and a missing section are reported") {
   TempDir dir;
   auto c = run_cli(dir, "[trainer]\ngrad_clip = 1.0\n");
