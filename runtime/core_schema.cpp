@@ -26,6 +26,10 @@ Schema make_trainer_schema() {
       optional("max_non_finite_grad_retries", TLOOP_TYPE_INT,
                "retries of a step whose gradients are not finite; unbounded when absent")
           .at_least(0),
+      option("signal_grace", 10.0,
+             "seconds a step in progress may take to reach its end after a signal (where it can be saved); "
+             "past them, or while it retries non-finite gradients, it is abandoned unsaved")
+          .at_least(0),
   };
 }
 Schema make_optimizer_schema() {

@@ -62,4 +62,17 @@ void flush() { logger().flush(); }
 
 void write(Level level, const std::string& message) { logger().log(to_spdlog(level), message); }
 
+void RepeatedWarning::operator()(const std::string& message) {
+  ++count_;
+  if (count_ < 3) {
+    warn(message);
+  } else if (count_ == 3) {
+    warn(message + " (3rd time; from now on only the 10th, 100th, 1000th, ... time is logged)");
+  } else {
+    int64_t p = 10;
+    while (p < count_) p *= 10;
+    if (p == count_) warn(message + " (" + std::to_string(count_) + "th time)");
+  }
+}
+
 }  // namespace tloop::log

@@ -3,6 +3,7 @@
 // fmt headers, and one TU must not see two fmt versions (see log.cpp).
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 
@@ -23,5 +24,17 @@ inline void debug(const std::string& m) { write(Level::debug, m); }
 inline void info(const std::string& m) { write(Level::info, m); }
 inline void warn(const std::string& m) { write(Level::warn, m); }
 inline void error(const std::string& m) { write(Level::error, m); }
+
+/// A warning that may repeat without end (a step retried forever): written
+/// the first three times, then only the 10th, 100th, 1000th, ... time, with
+/// its count, so that a long run's log stays readable.
+class RepeatedWarning {
+ public:
+  void operator()(const std::string& message);
+  int64_t count() const { return count_; }
+
+ private:
+  int64_t count_ = 0;
+};
 
 }  // namespace tloop::log

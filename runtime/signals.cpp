@@ -44,9 +44,9 @@ int exit_code_of(const std::exception_ptr& error) {
   }
 }
 
-Interrupted::Interrupted(int signal)
+Interrupted::Interrupted(int signal, const std::string& detail)
     : std::runtime_error(std::string("interrupted by signal ") + std::to_string(signal) + " (" +
-                         (strsignal(signal) ? strsignal(signal) : "?") + ")"),
+                         (strsignal(signal) ? strsignal(signal) : "?") + ")" + (detail.empty() ? "" : ": " + detail)),
       signal_(signal) {}
 
 }  // namespace tloop

@@ -30,10 +30,11 @@ class ExitRequested : public std::runtime_error {
   int code_;
 };
 
-/// Thrown at a step boundary after a signal; the CLI exits with 128 + signal.
+/// Thrown at a step boundary after a signal, or in a step abandoned after
+/// one (`detail` says so); the CLI exits with 128 + signal.
 class Interrupted : public std::runtime_error {
  public:
-  explicit Interrupted(int signal);
+  explicit Interrupted(int signal, const std::string& detail = "");
   int signal() const { return signal_; }
 
  private:

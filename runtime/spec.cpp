@@ -183,6 +183,7 @@ RunSpec resolve_spec(toml::table root, const std::string& file, const Catalog& c
   spec.device = tr["device"].as_string()->get();
   if (tr.contains("max_non_finite_grad_retries"))
     spec.max_non_finite_grad_retries = tr["max_non_finite_grad_retries"].as_integer()->get();
+  spec.signal_grace = tr["signal_grace"].as_floating_point()->get();
 
   auto& op = *optimizer;
   spec.optimizer = {op["type"].as_string()->get(),

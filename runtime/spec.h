@@ -59,6 +59,7 @@ struct RunSpec {
   std::string mixed_precision;  // "" (off), "bf16" or "fp16"
   std::string device;           // auto | cpu | cuda | cuda:N
   std::optional<int64_t> max_non_finite_grad_retries;
+  double signal_grace;
 
   PluginUse task;
   OptimizerSpec optimizer;

@@ -19,6 +19,7 @@
 #include <ATen/ops/zeros.h>
 
 #include <chrono>
+#include <cstring>
 #include <cmath>
 
 namespace tloop {
@@ -70,6 +71,7 @@ TrainerConfig TrainerConfig::from(const RunSpec& spec, c10::Device device) {
   if (spec.mixed_precision == "bf16") c.autocast_dtype = c10::kBFloat16;
   if (spec.mixed_precision == "fp16") c.autocast_dtype = c10::kHalf;
   c.max_non_finite_grad_retries = spec.max_non_finite_grad_retries;
+  c.signal_grace = spec.signal_grace;
   c.scheduler = spec.scheduler;
   c.device = device;
   return c;
@@ -153,8 +155,9 @@ void Trainer::run_step() {
       throw TrainingError(str("step ", host_.step(), ": gradients are not finite after ", retries - 1,
                               " retries (trainer.max_non_finite_grad_retries = ", *config_.max_non_finite_grad_retries,
                               "); lower the learning rate, clip gradients or check the data"));
-    log::warn(str("step ", host_.step(), ": gradients are not finite (max |g| ", norm, "); retrying the step (retry ",
-                  retries, ")"));
+    non_finite_grads_(str("step ", host_.step(), ": gradients are not finite (max |g| ", norm,
+                          "); retrying the step (retry ", retries, ")"));
+    check_signal_mid_step(/*retrying=*/true, 0, retries);
     // A retried attempt's losses and records do not belong to the step; its
     // fetches' times do (the step waited for them), as in trainloop.
     info.erase(TLOOP_INFO_LOSS);
@@ -199,6 +202,7 @@ void Trainer::accumulate() {
   const c10::DeviceType device_type = config_.device.type();
   int64_t micro_steps = 0;  // with a backward: what gradient_accumulation_steps counts
   for (int64_t forwards = 0; micro_steps < config_.gradient_accumulation_steps; ++forwards) {
+    if (forwards > 0) check_signal_mid_step(/*retrying=*/false, micro_steps, 0);
     const auto t0 = Clock::now();
     {
       RECORD_USER_SCOPE("tloop::next_batch");
@@ -239,7 +243,7 @@ void Trainer::accumulate() {
       throw TrainingError(str(task_.label(), " returned a loss with ", loss->numel(), " elements; it must be a scalar"));
     const double value = loss->item<double>();
     if (!std::isfinite(value))
-      log::warn(str("step ", host_.step(), ": the loss is not finite (", value, "); ", records_text(records)));
+      non_finite_loss_(str("step ", host_.step(), ": the loss is not finite (", value, "); ", records_text(records)));
     info[TLOOP_INFO_LOSS].push_back(value);
     last_loss_ = value;
 
@@ -254,6 +258,28 @@ void Trainer::accumulate() {
     ++micro_steps;
   }
   read_step_scalars();
+}
+
+void Trainer::check_signal_mid_step(bool retrying, int64_t micro_steps, int64_t retries) {
+  const int sig = pending_signal();
+  if (sig == 0) return;
+  const std::string name = strsignal(sig) ? strsignal(sig) : str("signal ", sig);
+  if (!signal_seen_) signal_seen_ = Clock::now();
+  if (!retrying && seconds_since(*signal_seen_) < config_.signal_grace) {
+    if (!warned_finishing_step_)
+      log::warn(str(name, " received in step ", host_.step(), " (", micro_steps, " of ",
+                    config_.gradient_accumulation_steps, " micro-steps done): finishing the step, for at most ",
+                    config_.signal_grace, " s (trainer.signal_grace)"));
+    warned_finishing_step_ = true;
+    return;
+  }
+  // What a checkpoint holds must resume bit-exactly: half a step (data drawn,
+  // random numbers used, gradients summed) cannot be saved.
+  throw Interrupted(sig, retrying ? str("step ", host_.step(), " abandoned in its retry ", retries,
+                                        " (gradients not finite); not saved, the last checkpoint stands")
+                                  : str("step ", host_.step(), " abandoned after ", micro_steps, " of ",
+                                        config_.gradient_accumulation_steps, " micro-steps (trainer.signal_grace = ",
+                                        config_.signal_grace, " s); not saved, the last checkpoint stands"));
 }
 
 at::Tensor Trainer::sum_of_named_losses(bool forward_returned_a_loss) {

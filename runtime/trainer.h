@@ -2,6 +2,7 @@
 #pragma once
 
 #include "grad_scaler.h"
+#include "log.h"
 #include "plugin_instance.h"
 #include "optimizer.h"
 #include "spec.h"
@@ -9,6 +10,7 @@
 #include <c10/core/Device.h>
 #include <c10/core/ScalarType.h>
 
+#include <chrono>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -28,6 +30,7 @@ struct TrainerConfig {
   std::optional<double> grad_clip;
   std::optional<c10::ScalarType> autocast_dtype;  // bf16 / fp16; none = off
   std::optional<int64_t> max_non_finite_grad_retries;
+  double signal_grace = 10.0;  // seconds a step may go on after a signal
   SchedulerSpec scheduler{"constant", 0, 0.0};
   c10::Device device = c10::Device(c10::kCPU);
 
@@ -65,6 +68,10 @@ class Trainer {
   int64_t epochs_done() const { return batches_ / *batches_per_epoch_; }
   at::Tensor total_grad_norm(const std::vector<at::Tensor>& grads, double norm_type) const;
   void for_each_hook(void (HookInstance::*event)());
+  /// Acts on a signal that arrives in the middle of a step: the step goes on
+  /// to its end (where a hook may save it) for signal_grace seconds; past
+  /// them, or while it retries, it is abandoned (throws Interrupted).
+  void check_signal_mid_step(bool retrying, int64_t micro_steps, int64_t retries);
 
   TrainerConfig config_;
   Host& host_;
@@ -79,6 +86,9 @@ class Trainer {
   int boundary_signal_ = 0;                      // pending when the last after_step began
   std::unique_ptr<GradScaler> scaler_;
   bool warned_none_loss_ = false;
+  std::optional<std::chrono::steady_clock::time_point> signal_seen_;  // first seen mid-step
+  bool warned_finishing_step_ = false;
+  log::RepeatedWarning non_finite_grads_, non_finite_loss_;
   std::optional<double> last_loss_;
   std::map<std::string, double> last_records_;
 };

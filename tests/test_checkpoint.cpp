@@ -13,6 +13,7 @@
 #include <fstream>
 #include <map>
 #include <random>
+#include <regex>
 #include <set>
 
 using test::TempDir;
@@ -251,6 +252,96 @@ TEST_CASE("exit_code is a number from 0 to 255 or the string \"128+signal\", and
     CHECK(r.output.find(message) != std::string::npos);
     CHECK(!fs::exists(ws));
   }
+}
+
+namespace {
+// scripted_task (SGD, 4 micro-steps per step) with a checkpoint every step
+// that SIGTERM saves; micro_recorder raises SIGTERM in the middle of step 3.
+std::string mid_step_signal_spec(const fs::path& dir, const std::string& trainer_extra) {
+  return "[plugins]\npaths = [\"" + std::string(TLOOP_TEST_PLUGIN_DIR) + "\"]\n[run]\nworkspace = \"" +
+         (dir / "ws").string() + "\"\n[trainer]\nmax_steps = " + std::to_string(kEndless) +
+         "\ngradient_accumulation_steps = 4\n" + trainer_extra +
+         "[task]\nplugin = \"scripted_task\"\n[optimizer]\ntype = \"sgd\"\n"
+         "[[hooks]]\nplugin = \"checkpointing\"\ninterval = 1\nexit_signals = [\"SIGTERM\"]\n"
+         "[[hooks]]\nplugin = \"micro_recorder\"\nraise_at = 3\nfile = \"" + (dir / "micro.txt").string() + "\"\n";
+}
+}  // namespace
+
+TEST_CASE("a signal in the middle of a step lets it end and be saved within signal_grace, else abandons it unsaved") {
+  {
+    INFO("default signal_grace (10 s): step 3 reaches its end and is saved");
+    TempDir dir;
+    test::write_file(dir / "spec.toml", mid_step_signal_spec(dir.path(), ""));
+    CHECK(wait_exit(spawn(dir / "spec.toml", dir / "run.log")) == 128 + SIGTERM);
+    const std::string log = test::read_file(dir / "run.log");
+    INFO(log);
+    CHECK(log.find("received in step 3 (2 of 4 micro-steps done): finishing the step") != std::string::npos);
+    CHECK(latest(dir / "ws") == "3");
+  }
+  {
+    INFO("signal_grace = 0: step 3 is abandoned at its next micro-step; step 2's checkpoint stands");
+    TempDir dir;
+    test::write_file(dir / "spec.toml", mid_step_signal_spec(dir.path(), "signal_grace = 0\n"));
+    CHECK(wait_exit(spawn(dir / "spec.toml", dir / "run.log")) == 128 + SIGTERM);
+    const std::string log = test::read_file(dir / "run.log");
+    INFO(log);
+    CHECK(log.find("step 3 abandoned after 2 of 4 micro-steps (trainer.signal_grace = 0 s); not saved, the last "
+                   "checkpoint stands") != std::string::npos);
+    CHECK(latest(dir / "ws") == "2");
+    CHECK_FALSE(fs::exists(dir / "ws" / "checkpoints" / "3"));
+    CHECK(test::read_lines(dir / "micro.txt").back().rfind("after_forward 3 2", 0) != 0);  // no third forward
+  }
+}
+
+TEST_CASE("a step with a billion micro-steps is abandoned on SIGINT once signal_grace has passed") {
+  TempDir dir;
+  test::write_file(dir / "spec.toml",
+                   "[plugins]\npaths = [\"" + std::string(TLOOP_TEST_PLUGIN_DIR) + "\"]\n[run]\nworkspace = \"" +
+                       (dir / "ws").string() +
+                       "\"\n[trainer]\nmax_steps = 2\ngradient_accumulation_steps = 1000000000\nsignal_grace = 0.2\n"
+                       "[task]\nplugin = \"scripted_task\"\n[[hooks]]\nplugin = \"micro_recorder\"\nfile = \"" +
+                       (dir / "micro.txt").string() + "\"\n");
+  const pid_t pid = spawn(dir / "spec.toml", dir / "run.log");
+  test::wait_until([&] { return fs::exists(dir / "micro.txt") && test::read_lines(dir / "micro.txt").size() >= 3; },
+                   "micro-steps in micro.txt", pid);
+  kill(pid, SIGINT);
+  CHECK(wait_exit(pid) == 128 + SIGINT);
+  const std::string log = test::read_file(dir / "run.log");
+  INFO(log);
+  CHECK(log.find("received in step 1") != std::string::npos);
+  CHECK(log.find("step 1 abandoned after ") != std::string::npos);
+  CHECK(log.find(" of 1000000000 micro-steps (trainer.signal_grace = 0.2 s)") != std::string::npos);
+}
+
+TEST_CASE("a step retrying non-finite gradients without end is abandoned at once on SIGINT, its warnings thinned out") {
+  TempDir dir;
+  test::write_file(dir / "spec.toml",
+                   "[plugins]\npaths = [\"" + std::string(TLOOP_TEST_PLUGIN_DIR) + "\"]\n[run]\nworkspace = \"" +
+                       (dir / "ws").string() +
+                       "\"\n[trainer]\nmax_steps = 2\n[task]\nplugin = \"scripted_task\"\nnan_forwards = 2000000000\n");
+  const pid_t pid = spawn(dir / "spec.toml", dir / "run.log");
+  test::wait_until([&] { return fs::exists(dir / "run.log") && test::read_file(dir / "run.log").find("(100th time)") != std::string::npos; },
+                   "the 100th retry warning", pid);
+  kill(pid, SIGINT);
+  CHECK(wait_exit(pid) == 128 + SIGINT);
+  const std::string log = test::read_file(dir / "run.log");
+  std::smatch m;
+  REQUIRE(std::regex_search(log, m, std::regex(R"(step 1 abandoned in its retry ([0-9]+) \(gradients not finite\); not saved)")));
+  const int64_t retries = std::stoll(m[1].str());
+  CHECK(retries >= 100);
+  // The first three warnings of each kind, then the 10th, 100th, ...
+  int64_t grad_warnings = 0, loss_warnings = 0;
+  for (const auto& line : test::read_lines(dir / "run.log")) {
+    grad_warnings += line.find("gradients are not finite (max |g|") != std::string::npos;
+    loss_warnings += line.find("the loss is not finite") != std::string::npos;
+  }
+  const auto allowed = [](int64_t n) {
+    int64_t k = 3;
+    for (int64_t p = 10; p <= n; p *= 10) ++k;
+    return k;
+  };
+  CHECK(grad_warnings == allowed(retries));
+  CHECK(loss_warnings <= allowed(retries + 1));
 }
 
 TEST_CASE("a signal that arrives while the hooks finish a step is saved with that step, whatever the list order") {

@@ -3,6 +3,7 @@
 // forward and of the first parameter's gradient after backward.
 #include <tloop/torch.hpp>
 
+#include <csignal>
 #include <fstream>
 
 namespace {
@@ -15,9 +16,12 @@ class MicroRecorder : public tloop::Hook {
     return {"micro_recorder",
             "1.0.0",
             "Test hook: writes every micro-step event to a file",
-            {tloop::required("file", TLOOP_TYPE_STRING, "file the events are appended to")}};
+            {tloop::required("file", TLOOP_TYPE_STRING, "file the events are appended to"),
+             tloop::option("raise_at", 0, "after_forward of this step's micro-step 1 raises SIGTERM (0: never)")
+                 .at_least(0)}};
   }
-  MicroRecorder(tloop::Context&, const tloop::Options& o) : out_(o.get_string("file"), std::ios::app) {
+  MicroRecorder(tloop::Context&, const tloop::Options& o)
+      : out_(o.get_string("file"), std::ios::app), raise_at_(o.get_int("raise_at")) {
     if (!out_) throw tloop::Error("cannot open " + o.get_string("file"));
     out_.precision(17);
   }
@@ -26,6 +30,8 @@ class MicroRecorder : public tloop::Hook {
     const auto w2 = tloop::published(c, "w2");
     out_ << "after_forward " << c.step() << ' ' << micro_step << ' '
          << (w2 ? std::to_string(w2->flatten()[0].item<double>()) : std::string("none")) << '\n';
+    out_.flush();
+    if (c.step() == raise_at_ && micro_step == 1) std::raise(SIGTERM);  // in the middle of a step
   }
   void before_backward(tloop::Context& c, int64_t micro_step) override {
     out_ << "before_backward " << c.step() << ' ' << micro_step << '\n';
@@ -38,6 +44,7 @@ class MicroRecorder : public tloop::Hook {
 
  private:
   std::ofstream out_;
+  int64_t raise_at_;
 };
 
 }  // namespace
