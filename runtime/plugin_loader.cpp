@@ -1,5 +1,6 @@
 #include "plugin_loader.h"
 
+#include "elf_check.h"
 #include "text.h"
 
 #include <torch/headeronly/version.h>
@@ -109,6 +110,8 @@ void Catalog::load_file(const fs::path& file) {
   const std::string shown = file.string();
   if (std::find(loaded_files_.begin(), loaded_files_.end(), canonical) != loaded_files_.end()) return;
 
+  // dlopen of a truncated file dies of SIGBUS; refuse it with a message first.
+  if (auto problem = elf_problem(file)) throw PluginLoadError(shown + ": cannot be loaded: " + *problem);
   boost::dll::shared_library lib;
   try {
     lib.load(file, boost::dll::load_mode::rtld_lazy | boost::dll::load_mode::rtld_local);
