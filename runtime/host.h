@@ -33,6 +33,14 @@ class PluginCreateError : public PluginError {
   using PluginError::PluginError;
 };
 
+/// A plugin refused its input during the run (an event returned
+/// TLOOP_INVALID_ARGUMENT: an option combination, a missing checkpoint):
+/// bad input, exit code 2, like an error in the spec.
+class PluginBadInput : public PluginError {
+ public:
+  using PluginError::PluginError;
+};
+
 using StateValue = std::variant<at::Tensor, int64_t, double, std::string>;
 /// A flat state dictionary: '/'-separated keys ("hooks/ema/ema_model/weight").
 using StateDict = std::map<std::string, StateValue>;

@@ -50,11 +50,12 @@ PluginInstance::~PluginInstance() {
     plugin_.descriptor->task->destroy(self_);
 }
 
-void PluginInstance::fail(const char* event) {
+void PluginInstance::fail(const char* event, tloop_status status) {
   std::string own = host_.take_error();
   if (host_.call_depth() == 0)
     if (auto nested = host_.take_nested_failure())  // the author is the hook that failed inside
       throw PluginError(*nested + " (while " + label_ + " was in " + event + ")");
+  if (status == TLOOP_INVALID_ARGUMENT) throw PluginBadInput(label_ + " refused its input in " + event + ": " + own);
   throw PluginError(label_ + " failed in " + event + ": " + own);
 }
 
@@ -120,7 +121,7 @@ std::optional<int64_t> TaskInstance::batches_per_epoch() {
   int64_t n = 0;
   const tloop_status status = invoke(epochs_->batches_per_epoch, &n);
   if (status == TLOOP_NOT_FOUND) return std::nullopt;
-  if (status != TLOOP_OK) fail("batches_per_epoch");
+  if (status != TLOOP_OK) fail("batches_per_epoch", status);
   if (n <= 0) throw PluginError(str(label_, " declared an epoch of ", n, " batches (batches_per_epoch); it must be at least 1"));
   return n;
 }

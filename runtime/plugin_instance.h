@@ -48,7 +48,7 @@ class PluginInstance {
     if (fn == nullptr) return;
     std::optional<ProfilerRange> range;
     if (plugin_.kind == TLOOP_KIND_HOOK) range.emplace(label_, event);
-    if (invoke(fn, args...) != TLOOP_OK) fail(event);
+    if (const tloop_status status = invoke(fn, args...); status != TLOOP_OK) fail(event, status);
   }
   /// Calls `fn(self, ctx, args...)` and returns its status.
   template <class Fn, class... Args>
@@ -59,7 +59,8 @@ class PluginInstance {
     --host_.call_depth();
     return status;
   }
-  [[noreturn]] void fail(const char* event);
+  /// Throws the failure of `event`: PluginBadInput for TLOOP_INVALID_ARGUMENT, else PluginError.
+  [[noreturn]] void fail(const char* event, tloop_status status);
 
   const LoadedPlugin& plugin_;
   Host& host_;

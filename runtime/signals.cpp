@@ -32,18 +32,6 @@ void install_signal_handlers() {
 
 int pending_signal() { return g_signal.load(); }
 
-int exit_code_of(const std::exception_ptr& error) {
-  try {
-    std::rethrow_exception(error);
-  } catch (const ExitRequested& e) {
-    return e.code();
-  } catch (const Interrupted& e) {
-    return 128 + e.signal();
-  } catch (...) {
-    return kExitTrainingFailed;
-  }
-}
-
 Interrupted::Interrupted(int signal, const std::string& detail)
     : std::runtime_error(std::string("interrupted by signal ") + std::to_string(signal) + " (" +
                          (strsignal(signal) ? strsignal(signal) : "?") + ")" + (detail.empty() ? "" : ": " + detail)),

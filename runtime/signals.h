@@ -13,13 +13,6 @@ void install_signal_handlers();
 /// The first signal received, or 0.
 int pending_signal();
 
-/// Exit code of a run that failed with an error (not a signal or an exit request).
-constexpr int kExitTrainingFailed = 1;
-
-/// The exit code a run ending with `error` returns: a request_exit code,
-/// 128 + N after signal N, kExitTrainingFailed for anything else.
-int exit_code_of(const std::exception_ptr& error);
-
 /// A hook asked to end the run (request_exit); the CLI exits with `code`.
 class ExitRequested : public std::runtime_error {
  public:

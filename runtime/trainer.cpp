@@ -1,5 +1,6 @@
 #include "trainer.h"
 
+#include "exit_codes.h"
 #include "log.h"
 #include "signals.h"
 #include "text.h"

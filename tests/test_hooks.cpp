@@ -1,6 +1,8 @@
 // The built-in hook plugins, loaded through the loader in real runs.
 #include "support.h"
 
+#include "exit_codes.h"
+
 #include <doctest/doctest.h>
 #include <nlohmann/json.hpp>
 
@@ -353,7 +355,22 @@ TEST_CASE("intervals in epochs need a task with epochs, and an epoch length must
       const std::string what = e.what();
       CHECK(what.find(hook) != std::string::npos);
       CHECK(what.find("interval_epochs = 1 counts epochs, but the task declares no epoch length") != std::string::npos);
+      // bad input, decided in one place: the process and every hook's finish get 2
+      CHECK(tloop::exit_code_of(std::current_exception()) == tloop::kExitBadInput);
     }
+  }
+  {
+    // Through the CLI: exit 2, and the hooks' finish saw the same code.
+    test::write_file(dir / "epochs.toml", "[run]\nworkspace = \"" + (dir / "cli_ws").string() + "\"\n" +
+                                              linear_spec(2, "[[hooks]]\nplugin = \"logging\"\ninterval_epochs = 1\n"
+                                                             "[[hooks]]\nplugin = \"event_recorder\"\nfile = \"" +
+                                                             (dir / "finish.txt").string() + "\"\n"));
+    const auto r = test::run_command(test::cli() + " run " + (dir / "epochs.toml").string());
+    INFO(r.output);
+    CHECK(r.exit_code == 2);
+    CHECK(r.output.find("hooks[0] (logging) refused its input in before_train: interval_epochs = 1") != std::string::npos);
+    CHECK(r.output.find("training failed") == std::string::npos);
+    CHECK(test::read_lines(dir / "finish.txt").back() == "hook finish 0 2");
   }
   try {
     std::string spec = epochs_spec(2, (dir / "e.txt").string(), "", "");

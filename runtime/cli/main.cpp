@@ -4,6 +4,7 @@
 //   tloop plugins                      list the plugins found
 //   tloop describe PLUGIN              a plugin's options
 // Exit codes: 0 success, 2 bad input, 1 training failure, 128+N after signal N.
+#include "../exit_codes.h"
 #include "../log.h"
 #include "../run.h"
 #include "../scaffold.h"
@@ -17,7 +18,7 @@
 
 namespace {
 
-constexpr int kBadInput = 2;
+constexpr int kBadInput = tloop::kExitBadInput;
 
 std::string type_name(tloop_value_type t) {
   switch (t) {
@@ -154,27 +155,23 @@ int main(int argc, char** argv) {
                 << "/build -DCMAKE_PREFIX_PATH=<tloop prefix> && cmake --build " << new_name << "/build && ctest --test-dir "
                 << new_name << "/build\n";
     }
-  } catch (const tloop::SpecError& e) {
-    for (const auto& p : e.problems()) tloop::log::error(p);
-    code = kBadInput;
-  } catch (const tloop::PluginLoadError& e) {
-    tloop::log::error(e.what());
-    code = kBadInput;
-  } catch (const tloop::PluginCreateError& e) {
-    tloop::log::error(e.what());
-    code = kBadInput;
-  } catch (const std::invalid_argument& e) {
-    tloop::log::error(e.what());
-    code = kBadInput;
-  } catch (const tloop::ExitRequested& e) {
-    tloop::log::info(std::string("exiting: ") + e.what());
-    code = e.code();
-  } catch (const tloop::Interrupted& e) {
-    tloop::log::warn(e.what());
-    code = 128 + e.signal();
-  } catch (const std::exception& e) {
-    tloop::log::error(std::string("training failed: ") + e.what());
-    code = tloop::kExitTrainingFailed;
+  } catch (...) {
+    // What is logged depends on the kind of failure; the exit code comes
+    // from the one place that decides it for hooks' finish too.
+    code = tloop::exit_code_of(std::current_exception());
+    try {
+      throw;
+    } catch (const tloop::SpecError& e) {
+      for (const auto& p : e.problems()) tloop::log::error(p);
+    } catch (const tloop::ExitRequested& e) {
+      tloop::log::info(std::string("exiting: ") + e.what());
+    } catch (const tloop::Interrupted& e) {
+      tloop::log::warn(e.what());
+    } catch (const std::exception& e) {
+      tloop::log::error(code == tloop::kExitTrainingFailed ? std::string("training failed: ") + e.what() : e.what());
+    } catch (...) {
+      tloop::log::error("training failed: unknown exception");
+    }
   }
   tloop::log::flush();
   return code;

@@ -94,7 +94,11 @@ typedef int32_t tloop_status;
 enum {
   TLOOP_OK = 0,
   TLOOP_ERROR = 1,            /* generic failure; message set */
-  TLOOP_INVALID_ARGUMENT = 2, /* bad option, key or handle; message set */
+  TLOOP_INVALID_ARGUMENT = 2, /* bad option, key or handle; message set. Since 1.4,
+                               * returned by a plugin event it means the run's
+                               * input is wrong (an option combination, a
+                               * checkpoint to load): the run ends as bad input,
+                               * exit code 2 (any other failure: 1). */
   TLOOP_NOT_FOUND = 3,        /* a looked-up key does not exist (not an error by itself) */
   TLOOP_TYPE_MISMATCH = 4     /* a key exists with another type */
 };

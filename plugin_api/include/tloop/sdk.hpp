@@ -369,11 +369,11 @@ struct Every {
     }
     return steps > 0 && ctx.step() % steps == 0;
   }
-  /// Throws when epochs are asked for but the task has none; `option` names
-  /// the option in the message.
+  /// Throws std::invalid_argument (bad input: exit code 2) when epochs are
+  /// asked for but the task has none; `option` names the option.
   void require(const Context& ctx, const std::string& option) const {
     if (epochs > 0 && !ctx.epoch())
-      throw Error(option + " = " + std::to_string(epochs) +
+      throw std::invalid_argument(option + " = " + std::to_string(epochs) +
                   " counts epochs, but the task declares no epoch length (tloop.epochs/1); give the interval in steps");
   }
 };
@@ -474,6 +474,9 @@ tloop_status guarded(const tloop_context* ctx, Fn&& fn) noexcept {
   try {
     fn();
     return TLOOP_OK;
+  } catch (const std::invalid_argument& e) {  // bad input: the run ends with exit code 2
+    ctx->api->set_error(ctx->host, e.what());
+    return TLOOP_INVALID_ARGUMENT;
   } catch (const std::exception& e) {
     ctx->api->set_error(ctx->host, e.what());
   } catch (...) {
