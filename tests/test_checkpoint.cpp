@@ -166,9 +166,82 @@ TEST_CASE("a damaged newest checkpoint is named and the previous valid one is lo
   const std::string log = test::read_file(dir / "second.log");
   INFO(log);
   CHECK(log.find("checkpoint " + (ws / "checkpoints" / "30").string() + " is damaged: " + bad.string() +
-                 ": checksum mismatch (the file is damaged); falling back to an older one") != std::string::npos);
+                 ": checksum mismatch (the file is damaged); moved to " + (ws / "checkpoints" / "damaged-30").string() +
+                 " and trying an older one") != std::string::npos);
   CHECK(log.find("resumed from " + (ws / "checkpoints" / "20").string() + " at step 20") != std::string::npos);
   CHECK(log.find("finished 'more': 35/35 steps") != std::string::npos);
+  // Kept for inspection, never pruned, while the re-run wrote a new step 30.
+  CHECK(fs::exists(ws / "checkpoints" / "damaged-30" / "model.pt"));
+  CHECK(fs::exists(ws / "checkpoints" / "30" / "manifest.json"));
+}
+
+TEST_CASE("with every checkpoint damaged a resume stops with exit 2, or starts over with allow_fresh_start") {
+  TempDir dir;
+  const fs::path ws = dir / "ws";
+  test::write_file(dir / "spec.toml", regression_spec(ws, 20, "interval = 10\nkeep_previous = 5\n"));
+  REQUIRE(wait_exit(spawn(dir / "spec.toml", dir / "first.log")) == 0);
+  for (const char* step : {"10", "20"}) fs::resize_file(ws / "checkpoints" / step / "state.pt", 10);  // cut short
+  const auto before = test::read_lines(ws / "metrics.jsonl");
+
+  test::write_file(dir / "more.toml", regression_spec(ws, 30, "interval = 10\nkeep_previous = 5\n"));
+  CHECK(wait_exit(spawn(dir / "more.toml", dir / "second.log")) == 2);
+  const std::string log = test::read_file(dir / "second.log");
+  INFO(log);
+  CHECK(log.find("no valid checkpoint to resume in " + (ws / "checkpoints").string() + ": 20 (") != std::string::npos);
+  CHECK(log.find("; 10 (") != std::string::npos);
+  CHECK(log.find("set allow_fresh_start = true to start from step 0") != std::string::npos);
+  CHECK(log.find("training failed") == std::string::npos);
+  // Nothing deleted: both moved aside whole; no step trained or logged.
+  CHECK(fs::file_size(ws / "checkpoints" / "damaged-10" / "state.pt") == 10);
+  CHECK(fs::file_size(ws / "checkpoints" / "damaged-20" / "state.pt") == 10);
+  CHECK(test::read_lines(ws / "metrics.jsonl") == before);
+
+  test::write_file(dir / "fresh.toml",
+                   regression_spec(ws, 30, "interval = 10\nkeep_previous = 5\nallow_fresh_start = true\n"));
+  // Moved aside by the run before, so this one finds no checkpoint at all: a new run.
+  CHECK(wait_exit(spawn(dir / "fresh.toml", dir / "third.log")) == 0);
+  CHECK(latest(ws) == "30");
+  CHECK(fs::exists(ws / "checkpoints" / "damaged-10"));
+}
+
+TEST_CASE("load = \"none\" refuses to replace an earlier run's checkpoints unless overwrite moves them aside") {
+  TempDir dir;
+  const fs::path ws = dir / "ws";
+  test::write_file(dir / "spec.toml", regression_spec(ws, 10, "interval = 5\nkeep_previous = 1\n"));
+  REQUIRE(wait_exit(spawn(dir / "spec.toml", dir / "first.log")) == 0);
+
+  test::write_file(dir / "again.toml", regression_spec(ws, 10, "interval = 5\nkeep_previous = 1\nload = \"none\"\n"));
+  CHECK(wait_exit(spawn(dir / "again.toml", dir / "second.log")) == 2);
+  const std::string log = test::read_file(dir / "second.log");
+  INFO(log);
+  CHECK(log.find("load = \"none\" starts from step 0, but " + (ws / "checkpoints").string() +
+                 " holds checkpoints of an earlier run (5, 10) that it would replace; set overwrite = true") !=
+        std::string::npos);
+  CHECK(latest(ws) == "10");
+
+  test::write_file(dir / "over.toml", regression_spec(ws, 10, "interval = 5\nkeep_previous = 1\nload = \"none\"\noverwrite = true\n"));
+  REQUIRE(wait_exit(spawn(dir / "over.toml", dir / "third.log")) == 0);
+  std::vector<fs::path> replaced;
+  for (const auto& e : fs::directory_iterator(ws / "checkpoints"))
+    if (e.path().filename().string().rfind("replaced-", 0) == 0) replaced.push_back(e.path());
+  REQUIRE(replaced.size() == 1);
+  CHECK(fs::exists(replaced[0] / "5" / "manifest.json"));
+  CHECK(fs::exists(replaced[0] / "10" / "manifest.json"));
+  CHECK(test::read_file(replaced[0] / "latest") == "10\n");
+  CHECK(latest(ws) == "10");  // the new run's own
+  CHECK(test::read_file(dir / "third.log").find("resumed from") == std::string::npos);
+}
+
+TEST_CASE("with checkpointing on, SIGTERM saves by default") {
+  TempDir dir;
+  const fs::path ws = dir / "ws";
+  test::write_file(dir / "spec.toml", regression_spec(ws, kEndless, "interval = 1000000\n"));
+  const pid_t pid = spawn(dir / "spec.toml", dir / "run.log");
+  test::wait_until([&] { return test::last_logged_step(ws / "metrics.jsonl") >= 1; }, "a step in metrics.jsonl", pid);
+  kill(pid, SIGTERM);
+  CHECK(wait_exit(pid) == 128 + SIGTERM);
+  INFO(test::read_file(dir / "run.log"));
+  CHECK(std::stoll(latest(ws)) >= 1);
 }
 
 TEST_CASE("a full disk during a save keeps the previous checkpoints and follows on_save_error") {
@@ -194,6 +267,10 @@ TEST_CASE("a full disk during a save keeps the previous checkpoints and follows 
     CHECK(log.find("No space left on device (the previous checkpoints are intact)") != std::string::npos);
     CHECK(test::read_file(ws / "checkpoints" / "latest") == "10\n");
     CHECK_FALSE(fs::exists(ws / "checkpoints" / "20"));
+    for (const auto& e : fs::directory_iterator(ws / "checkpoints")) {  // a failed save leaves nothing behind
+      INFO(e.path());
+      CHECK(e.path().filename().string().rfind(".tmp-", 0) != 0);
+    }
     if (policy == "abort") {
       CHECK(code == 1);
       CHECK(log.find("stopping (on_save_error = \"abort\")") != std::string::npos);

@@ -8,8 +8,10 @@
 //   manifest.json     every file above with its size and CRC-32
 // It is written into <path>/.tmp-<name>, each file fsync'd, the directory
 // fsync'd, renamed into place, the parent fsync'd, and only then is <path>/latest
-// pointed at it (write + fsync + rename). A load verifies the manifest and falls
-// back to the newest valid checkpoint when the newest is damaged.
+// pointed at it (write + fsync + rename); a failed save removes its .tmp-.
+// A load verifies the manifest and falls back to the newest valid checkpoint
+// when the newest is damaged, moving the damaged one aside (damaged-<name>):
+// nothing is deleted but what pruning removes by the keep rules.
 #include "durable_io.h"
 
 #include <tloop/torch.hpp>
@@ -21,6 +23,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstring>
+#include <ctime>
 #include <future>
 #include <map>
 #include <regex>
@@ -91,6 +94,15 @@ void write_checkpoint(const fs::path& root, const std::string& name, const Snaps
   const fs::path final_dir = root / name;
   fs::remove_all(tmp);
   fs::create_directory(tmp);
+  // A save that fails (a full disk) leaves nothing of itself behind.
+  struct RemoveUnlessDone {
+    const fs::path& dir;
+    bool done = false;
+    ~RemoveUnlessDone() {
+      std::error_code ec;
+      if (!done) fs::remove_all(dir, ec);
+    }
+  } cleanup{tmp};
 
   json manifest = {{"format", 1}, {"step", snap.step}, {"files", json::object()}};
   // Files are streamed to disk as they are produced, checksummed on the way.
@@ -119,6 +131,7 @@ void write_checkpoint(const fs::path& root, const std::string& name, const Snaps
     fs::rename(final_dir, old);
   }
   fs::rename(tmp, final_dir);
+  cleanup.done = true;
   checkpointing::fsync_directory(root);
   fs::remove_all(old);
 
@@ -187,8 +200,15 @@ class Checkpointing : public tloop::Hook {
                 tloop::option("load", "latest",
                               "\"latest\" (resume when there is one), \"none\", a checkpoint's name in path "
                               "(\"1000\"), or a checkpoint directory"),
-                tloop::option("exit_signals", std::vector<std::string>{},
-                              "signals that save a checkpoint and exit: SIGTERM, SIGUSR1, SIGINT, SIGHUP"),
+                tloop::option("exit_signals", {"SIGTERM", "SIGUSR1"},
+                              "signals that save a checkpoint and exit: SIGTERM, SIGUSR1, SIGINT, SIGHUP "
+                              "(what schedulers send before a kill; [] for none)"),
+                tloop::option("allow_fresh_start", false,
+                              "when every checkpoint is damaged, start from step 0 instead of stopping "
+                              "(the damaged ones are kept, moved aside)"),
+                tloop::option("overwrite", false,
+                              "with load = \"none\", move existing checkpoints aside into replaced-<time>/ "
+                              "instead of refusing to start"),
                 tloop::option_int_or_string("exit_code", "128+signal",
                                             "exit code after a signal save: \"128+signal\" or a number")
                     .one_of({"128+signal"})
@@ -209,7 +229,9 @@ class Checkpointing : public tloop::Hook {
         exit_wait_(o.get_double("exit_wait")),
         async_(o.get_bool("async")),
         abort_on_error_(o.get_string("on_save_error") == "abort"),
-        safetensors_(o.get_bool("safetensors")) {
+        safetensors_(o.get_bool("safetensors")),
+        allow_fresh_start_(o.get_bool("allow_fresh_start")),
+        overwrite_(o.get_bool("overwrite")) {
     for (int64_t s : o.get_int_list("keep_steps")) keep_steps_.insert(s);
     for (const auto& name : o.get_string_list("exit_signals")) {
       auto it = kSignals.find(name.rfind("SIG", 0) == 0 ? name : "SIG" + name);
@@ -227,26 +249,42 @@ class Checkpointing : public tloop::Hook {
     if (pending_.valid()) pending_.wait();  // never leave a writer thread behind
   }
 
+  // Nothing a resume finds is deleted: a damaged checkpoint is moved aside
+  // and named, and a run that would overwrite checkpoints refuses (bad input,
+  // exit code 2) unless told otherwise.
   void resume(tloop::Context& ctx) override {
     clean_leftovers(ctx);
-    if (load_ == "none" || load_.empty()) return;
+    if (load_ == "none" || load_.empty()) {
+      start_over(ctx);
+      return;
+    }
     if (load_ != "latest") {
       const fs::path dir = resolve_load(load_);
-      if (!fs::is_directory(dir)) throw tloop::Error("load: no checkpoint at '" + load_ + "' (" + dir.string() + ")");
+      if (!fs::is_directory(dir)) throw std::invalid_argument("load: no checkpoint at '" + load_ + "' (" + dir.string() + ")");
       const std::string problem = verify_checkpoint(dir);
-      if (!problem.empty()) throw tloop::Error("load: checkpoint " + dir.string() + " is damaged: " + problem);
+      if (!problem.empty()) throw std::invalid_argument("load: checkpoint " + dir.string() + " is damaged: " + problem);
       load(ctx, dir);
       return;
     }
+    std::vector<std::string> damaged;
     for (const fs::path& dir : candidates()) {
       const std::string problem = verify_checkpoint(dir);
       if (problem.empty()) {
         load(ctx, dir);
         return;
       }
-      ctx.error("checkpoint " + dir.string() + " is damaged: " + problem + "; falling back to an older one");
+      const fs::path aside = move_aside(dir, "damaged-" + dir.filename().string());
+      ctx.error("checkpoint " + dir.string() + " is damaged: " + problem + "; moved to " + aside.string() +
+                " and trying an older one");
+      damaged.push_back(dir.filename().string() + " (" + problem + ")");
     }
-    if (fs::exists(root_)) ctx.info("checkpointing: no valid checkpoint in " + root_.string() + "; starting from step 0");
+    if (damaged.empty()) return;  // no checkpoint yet: a new run
+    const std::string what = "no valid checkpoint to resume in " + root_.string() + ": " + join(damaged, "; ") +
+                             " (each moved aside as damaged-<name>)";
+    if (!allow_fresh_start_)
+      throw std::invalid_argument(what + "; pick one with load = \"<dir>\", or set allow_fresh_start = true to "
+                                         "start from step 0");
+    ctx.warn("checkpointing: " + what + "; starting from step 0 (allow_fresh_start = true)");
   }
 
   void before_train(tloop::Context& ctx) override { every_.require(ctx, "interval_epochs"); }
@@ -286,7 +324,7 @@ class Checkpointing : public tloop::Hook {
       std::vector<char> bytes = checkpointing::read_file(root_ / "latest");
       std::string name(bytes.begin(), bytes.end());
       name.erase(name.find_last_not_of(" \n\r\t") + 1);
-      if (step_of(name) >= 0) out.push_back(root_ / name);
+      if (step_of(name) >= 0 && fs::is_directory(root_ / name)) out.push_back(root_ / name);
     }
     std::vector<std::pair<int64_t, fs::path>> all;
     for (const auto& entry : fs::directory_iterator(root_, ec)) {
@@ -296,6 +334,50 @@ class Checkpointing : public tloop::Hook {
     std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
     for (const auto& [step, path] : all)
       if (std::find(out.begin(), out.end(), path) == out.end()) out.push_back(path);
+    return out;
+  }
+
+  // `dir` renamed to `name` under root_ (with a suffix when that exists): a
+  // name that is not a step, so neither resume nor pruning touches it again.
+  fs::path move_aside(const fs::path& dir, const std::string& name) const {
+    fs::path target = root_ / name;
+    for (int i = 2; fs::exists(target); ++i) target = root_ / (name + "-" + std::to_string(i));
+    fs::rename(dir, target);
+    return target;
+  }
+
+  // load = "none": a new run, which must not overwrite a previous one's checkpoints.
+  void start_over(tloop::Context& ctx) const {
+    std::vector<fs::path> existing;
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(root_, ec))
+      if (entry.is_directory() && step_of(entry.path().filename().string()) >= 0) existing.push_back(entry.path());
+    if (existing.empty()) return;
+    std::sort(existing.begin(), existing.end(), [](const fs::path& a, const fs::path& b) {
+      return step_of(a.filename().string()) < step_of(b.filename().string());
+    });
+    std::vector<std::string> names;
+    for (const auto& d : existing) names.push_back(d.filename().string());
+    if (!overwrite_)
+      throw std::invalid_argument("load = \"none\" starts from step 0, but " + root_.string() +
+                                  " holds checkpoints of an earlier run (" + join(names, ", ") +
+                                  ") that it would replace; set overwrite = true to move them aside, "
+                                  "or use another path or workspace");
+    const auto now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+    char stamp[32];
+    std::strftime(stamp, sizeof(stamp), "%Y%m%d-%H%M%S", std::gmtime(&now));
+    fs::path aside = root_ / (std::string("replaced-") + stamp);
+    for (int i = 2; fs::exists(aside); ++i) aside = root_ / (std::string("replaced-") + stamp + "-" + std::to_string(i));
+    fs::create_directory(aside);
+    for (const auto& d : existing) fs::rename(d, aside / d.filename());
+    if (fs::exists(root_ / "latest")) fs::rename(root_ / "latest", aside / "latest");
+    ctx.warn("checkpointing: load = \"none\" with overwrite = true: the earlier checkpoints (" + join(names, ", ") +
+             ") are moved to " + aside.string());
+  }
+
+  static std::string join(const std::vector<std::string>& parts, const std::string& sep) {
+    std::string out;
+    for (size_t i = 0; i < parts.size(); ++i) out += (i ? sep : "") + parts[i];
     return out;
   }
 
@@ -456,7 +538,7 @@ class Checkpointing : public tloop::Hook {
   std::set<int> exit_signals_;
   std::optional<int> exit_code_;
   double exit_wait_;
-  bool async_, abort_on_error_, safetensors_;
+  bool async_, abort_on_error_, safetensors_, allow_fresh_start_, overwrite_;
   std::vector<std::pair<std::string, double>> reported_;  // for the next step's info
   fs::path root_;
   int64_t last_saved_ = -1;
