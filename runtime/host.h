@@ -117,6 +117,12 @@ class Host {
   void set_hooks(const std::vector<std::unique_ptr<HookInstance>>* hooks) { hooks_ = hooks; }
   /// Built-in receivers of every log call (e.g. metrics.jsonl).
   void add_metrics_sink(MetricsSink sink) { sinks_.push_back(std::move(sink)); }
+  /// Built-in receivers of the step the run starts from, once the resume
+  /// event has restored it (0 for a new run): steps after it are logged again.
+  void add_start_listener(std::function<void(int64_t step)> listener) { start_listeners_.push_back(std::move(listener)); }
+  void started() {
+    for (const auto& listener : start_listeners_) listener(step_);
+  }
   void log_metrics(const Metrics& metrics);
   void log_images(const tloop_image* images, size_t count);
 
@@ -161,6 +167,7 @@ class Host {
   const ParamGroups* param_groups_ = nullptr;
   const std::vector<std::unique_ptr<HookInstance>>* hooks_ = nullptr;
   std::vector<MetricsSink> sinks_;
+  std::vector<std::function<void(int64_t)>> start_listeners_;
   bool dispatching_ = false;
   std::function<void(StateDict&)> save_run_state_;
   std::function<void(const StateDict&)> load_run_state_;

@@ -10,10 +10,17 @@
 #include <tloop/keys.h>
 
 #include <chrono>
+#include <cerrno>
+#include <cstring>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+#include <sstream>
 
 namespace tloop {
 namespace fs = std::filesystem;
@@ -31,18 +38,76 @@ namespace {
 
 // The built-in receiver of every log call: one JSON object per call with the
 // step and the flattened keys, appended and flushed so it can be read (tail -f,
-// pandas) while the run goes on. Non-finite values are written as null.
-void add_metrics_file(Host& host, const std::string& path) {
-  auto out = std::make_shared<std::ofstream>(path, std::ios::app);
-  if (!*out) throw std::runtime_error("cannot open " + path);
-  host.add_metrics_sink([out, path](int64_t step, const Metrics& metrics) {
+// pandas) while the run goes on. Non-finite values are written as null. A
+// run that starts at step S (resumed) logs the steps after S again: their
+// rows from before move to metrics.replaced.jsonl, so that metrics.jsonl
+// holds each step once and nothing is lost.
+class MetricsFile {
+ public:
+  explicit MetricsFile(fs::path path) : path_(std::move(path)) { open(); }
+
+  void write(int64_t step, const Metrics& metrics) {
     nlohmann::ordered_json row;
     row["step"] = step;
     for (const auto& [k, v] : metrics) row[k] = std::isfinite(v) ? nlohmann::ordered_json(v) : nlohmann::ordered_json();
-    *out << row.dump() << '\n';
-    out->flush();
-    if (!*out) throw std::runtime_error("cannot write " + path);
-  });
+    out_ << row.dump() << '\n';
+    out_.flush();
+    if (!out_) throw std::runtime_error("cannot write " + path_.string());
+  }
+
+  void start_at(int64_t start) {
+    std::string text;
+    {
+      std::ifstream in(path_);
+      text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    }
+    // A last line without its newline was torn by a kill (or would glue onto the next row).
+    bool changed = !text.empty() && text.back() != '\n';
+    std::string kept, moved, line;
+    std::istringstream lines(text);
+    while (std::getline(lines, line)) {
+      const auto row = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (!row.is_object() || !row.contains("step") || !row["step"].is_number_integer()) {
+        changed = true;  // a fragment no reader can use
+        continue;
+      }
+      const bool again = row["step"].get<int64_t>() > start;
+      (again ? moved : kept) += line + '\n';
+      changed |= again;
+    }
+    if (!changed) return;
+    if (!moved.empty()) {
+      std::ofstream replaced(path_.parent_path() / "metrics.replaced.jsonl", std::ios::app);
+      replaced << moved;
+      if (!replaced.flush()) throw std::runtime_error("cannot write metrics.replaced.jsonl in " + path_.parent_path().string());
+    }
+    const fs::path tmp = path_.string() + ".tmp";
+    {
+      std::ofstream out(tmp, std::ios::trunc);
+      out << kept;
+      if (!out.flush()) throw std::runtime_error("cannot write " + tmp.string());
+    }
+    out_.close();
+    fs::rename(tmp, path_);
+    open();
+    if (!moved.empty())
+      log::info(str("metrics.jsonl: the rows after step ", start,
+                    ", which this run logs again, moved to metrics.replaced.jsonl"));
+  }
+
+ private:
+  void open() {
+    out_ = std::ofstream(path_, std::ios::app);
+    if (!out_) throw std::runtime_error("cannot open " + path_.string());
+  }
+  fs::path path_;
+  std::ofstream out_;
+};
+
+void add_metrics_file(Host& host, const fs::path& path) {
+  auto file = std::make_shared<MetricsFile>(path);
+  host.add_metrics_sink([file](int64_t step, const Metrics& metrics) { file->write(step, metrics); });
+  host.add_start_listener([file](int64_t step) { file->start_at(step); });
 }
 
 c10::Device resolve_device(const std::string& device) {
@@ -97,7 +162,9 @@ void Run::execute() {
                                                     use.key_path + " (" + use.plugin + ")", use.state_key));
   }
 
-  // Everything is valid: now the workspace may be written.
+  // Everything is valid: now the workspace may be written, by this run alone.
+  fs::create_directories(info.workspace);
+  lock_workspace(info.workspace);
   fs::create_directories(fs::path(info.workspace) / "logs");
   log::set_file_sink((fs::path(info.workspace) / "logs" / "tloop.log").string());
   {
@@ -106,7 +173,7 @@ void Run::execute() {
         << info.resolved_spec;
     if (!out) throw std::runtime_error("cannot write spec.resolved.toml in " + info.workspace);
   }
-  add_metrics_file(*host_, (fs::path(info.workspace) / "metrics.jsonl").string());
+  add_metrics_file(*host_, fs::path(info.workspace) / "metrics.jsonl");
   log::info(str("run '", s.name, "': workspace ", info.workspace, ", device ", info.device, ", task ", s.task.plugin,
                 ", ", s.hooks.size(), " hooks"));
 
@@ -135,6 +202,35 @@ void Run::execute() {
   } flush_log;  // the log file is complete when execute returns, also on failure
   trainer_->train();
   seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+Run::~Run() {
+  if (lock_fd_ >= 0) ::close(lock_fd_);  // releases the workspace lock
+}
+
+// One run per workspace (rank 0's, in a distributed run): two would write
+// the same checkpoints and logs. An flock on <workspace>/.tloop.lock, which
+// the kernel releases however the process ends; the file names the holder.
+void Run::lock_workspace(const std::string& workspace) {
+  const std::string path = (fs::path(workspace) / ".tloop.lock").string();
+  lock_fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (lock_fd_ < 0) throw std::runtime_error("cannot open " + path + ": " + std::strerror(errno));
+  if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    const int error = errno;
+    char holder[64] = {};
+    const ssize_t n = ::pread(lock_fd_, holder, sizeof(holder) - 1, 0);
+    std::string who = n > 0 ? std::string(holder, static_cast<size_t>(n)) : std::string();
+    who.erase(who.find_last_not_of(" \n") + 1);
+    ::close(lock_fd_);
+    lock_fd_ = -1;
+    if (error != EWOULDBLOCK) throw std::runtime_error("cannot lock " + path + ": " + std::strerror(error));
+    throw std::invalid_argument("workspace " + workspace + " is in use by another tloop run" +
+                                (who.empty() ? std::string() : " (" + who + ")") +
+                                "; wait for it to end, or give this run another workspace");
+  }
+  const std::string me = str("pid ", ::getpid(), "\n");
+  if (::ftruncate(lock_fd_, 0) != 0 || ::pwrite(lock_fd_, me.data(), me.size(), 0) != static_cast<ssize_t>(me.size()))
+    throw std::runtime_error("cannot write " + path + ": " + std::strerror(errno));
 }
 
 StateDict Run::plugin_state() const {

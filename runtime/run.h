@@ -48,9 +48,14 @@ class Run {
 
   Host& host() { return *host_; }
   Trainer& trainer() { return *trainer_; }
+  ~Run();
 
  private:
   Run() = default;
+  /// Holds <workspace>/.tloop.lock for the run's life; throws std::invalid_argument
+  /// (bad input) naming the holder when another run has it.
+  void lock_workspace(const std::string& workspace);
+  int lock_fd_ = -1;
   Catalog catalog_;
   RunSpec spec_;
   c10::Device device_ = c10::Device(c10::kCPU);

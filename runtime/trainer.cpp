@@ -110,6 +110,7 @@ void Trainer::train() {
 
 void Trainer::run_steps() {
   for_each_hook(&HookInstance::resume);  // a checkpointing hook may restore the step here
+  host_.started();
   // The learning rate of the next step is a function of the steps done,
   // which also makes a resumed run pick up exactly where it stopped.
   optimizer_.set_lr_factor(lr_factor(config_.scheduler, host_.step(), config_.max_steps));

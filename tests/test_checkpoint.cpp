@@ -232,6 +232,26 @@ TEST_CASE("load = \"none\" refuses to replace an earlier run's checkpoints unles
   CHECK(test::read_file(dir / "third.log").find("resumed from") == std::string::npos);
 }
 
+TEST_CASE("a second run on a workspace in use exits 2 naming the holder, and touches nothing") {
+  TempDir dir;
+  const fs::path ws = dir / "ws";
+  test::write_file(dir / "spec.toml", regression_spec(ws, kEndless, "interval = 1\nkeep_previous = 1000\n"));
+  const pid_t first = spawn(dir / "spec.toml", dir / "first.log");
+  test::wait_until([&] { return test::last_logged_step(ws / "metrics.jsonl") >= 2; }, "steps in metrics.jsonl", first);
+  const auto second = test::run_command(test::cli() + " run " + (dir / "spec.toml").string());
+  INFO(second.output);
+  CHECK(second.exit_code == 2);
+  CHECK(second.output.find("workspace " + ws.string() + " is in use by another tloop run (pid " + std::to_string(first) +
+                           "); wait for it to end, or give this run another workspace") != std::string::npos);
+  kill(first, SIGKILL);
+  wait_exit(first);
+  // The second run wrote nothing: the first one's log has no line of it.
+  CHECK(test::read_file(ws / "logs" / "tloop.log").find("is in use by another") == std::string::npos);
+  // The kernel released the lock with the killed process: a new run resumes.
+  test::write_file(dir / "more.toml", regression_spec(ws, test::last_logged_step(ws / "metrics.jsonl") + 2, "interval = 1\n"));
+  CHECK(wait_exit(spawn(dir / "more.toml", dir / "third.log")) == 0);
+}
+
 TEST_CASE("with checkpointing on, SIGTERM saves by default") {
   TempDir dir;
   const fs::path ws = dir / "ws";
@@ -527,9 +547,9 @@ TEST_CASE("model.pt holds the run's parameters exactly, and async saves write th
 TEST_CASE("load: a missing explicit checkpoint is an error, a missing latest is a fresh start") {
   TempDir dir;
   CHECK_THROWS_WITH_AS(test::train(dir, regression_spec(dir / "ws", 3, "load = \"/nonexistent/ckpt\"\n")),
-                       "hooks[1] (checkpointing) failed in resume: load: no checkpoint at '/nonexistent/ckpt' "
-                       "(/nonexistent/ckpt)",
-                       tloop::PluginError);
+                       "hooks[1] (checkpointing) refused its input in resume: load: no checkpoint at "
+                       "'/nonexistent/ckpt' (/nonexistent/ckpt)",
+                       tloop::PluginBadInput);
   TempDir fresh;
   auto run = test::train(fresh, regression_spec(fresh / "ws", 3, ""));
   CHECK(run->host().step() == 3);
@@ -559,9 +579,9 @@ TEST_CASE("load: a bare name is a checkpoint in the checkpoint directory, as in 
     CHECK(run->host().step() == 6);
   }
   CHECK_THROWS_WITH_AS(test::train(dir, regression_spec(dir / "ws", 6, "load = \"4\"\n")),
-                       ("hooks[1] (checkpointing) failed in resume: load: no checkpoint at '4' (" +
+                       ("hooks[1] (checkpointing) refused its input in resume: load: no checkpoint at '4' (" +
                         (dir / "ws" / "checkpoints" / "4").string() + ")").c_str(),
-                       tloop::PluginError);
+                       tloop::PluginBadInput);
 }
 
 TEST_CASE("regression_mlp's dropout and input noise, drawn during training, resume exactly") {

@@ -101,3 +101,27 @@ def test_a_signal_exit_flushes_and_closes_the_session_as_failed(tmp_path):
     logged = [row["step"] for row in logged_rows(ws)]
     assert [e.step for e in ea.Scalars("train/loss")] == logged  # nothing lost
     assert hparams(ea)["_hparams_/session_end_info"].session_end_info.status == api_pb2.STATUS_FAILURE
+
+
+def test_a_resumed_run_shows_each_step_once_in_tensorboard_and_metrics_jsonl(run_tloop, tmp_path):
+    checkpointing = '[[hooks]]\nplugin = "checkpointing"\ninterval = 10\n'
+    # The first run ends after step 15 (event_recorder asks to exit): 11..15
+    # are logged but not checkpointed, so the second run trains them again.
+    stop_at_15 = f'[[hooks]]\nplugin = "event_recorder"\nexit_at = 15\nfile = "{tmp_path / "events.txt"}"\n'
+    ws = run_tloop(SPEC.format(steps=20) + checkpointing + stop_at_15)
+    first = logged_rows(ws)
+    assert [r["step"] for r in first] == [5, 10, 15]
+
+    ws = run_tloop(SPEC.format(steps=20) + checkpointing)  # resumes from step 10
+    rows = logged_rows(ws)
+    assert [r["step"] for r in rows] == [5, 10, 15, 20]
+    assert rows[:2] == first[:2]
+    # the first run's row of step 15 is kept aside, not lost
+    replaced = [json.loads(line) for line in (ws / "metrics.replaced.jsonl").read_text().splitlines()]
+    assert replaced == [first[2]]
+
+    # TensorBoard drops the earlier file's events from the restart on (SessionLog START).
+    losses = accumulate(ws).Scalars("train/loss")
+    assert [e.step for e in losses] == [5, 10, 15, 20]
+    for event, row in zip(losses, rows):
+        assert event.value == pytest.approx(row["train/loss"], rel=1e-6)

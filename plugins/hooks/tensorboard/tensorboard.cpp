@@ -26,7 +26,8 @@ double now() {
 // Field numbers from tensorboard/compat/proto/{event,summary,tensor}.proto and
 // tensorboard/plugins/hparams/plugin_data.proto.
 namespace field {
-constexpr int kEventWallTime = 1, kEventStep = 2, kEventSummary = 5;
+constexpr int kEventWallTime = 1, kEventStep = 2, kEventSummary = 5, kEventSessionLog = 7;
+constexpr int kSessionLogStatus = 1, kSessionLogStart = 1;  // SessionLog.status, SessionStatus.START
 constexpr int kSummaryValue = 1;
 constexpr int kValueTag = 1, kValueSimple = 2, kValueImage = 4, kValueTensor = 8, kValueMetadata = 9;
 constexpr int kImageHeight = 1, kImageWidth = 2, kImageColorspace = 3, kImageEncoded = 4;
@@ -100,6 +101,18 @@ class TensorBoard : public tloop::Hook {
     if (ctx.rank() != 0) return;
     file_ = std::make_unique<tb::EventFile>(dir_);
     ctx.info("tensorboard: writing " + file_->path() + " (tensorboard --logdir " + dir_ + ")");
+    if (ctx.step() > 0) {
+      // A resumed run logs the steps after its checkpoint again. TensorFlow's
+      // writers mark a restart with SessionLog START at the first new step;
+      // TensorBoard then drops what earlier files hold from that step on, so
+      // each step shows once.
+      file_->write(pb::Message()
+                       .double_(field::kEventWallTime, now())
+                       .int64(field::kEventStep, ctx.step() + 1)
+                       .message(field::kEventSessionLog,
+                                pb::Message().varint(field::kSessionLogStatus, field::kSessionLogStart))
+                       .str());
+    }
     const std::string spec = ctx.resolved_spec();
     pb::Message tensor;
     tensor.varint(field::kTensorDtype, field::kDtString).message(field::kTensorShape, pb::Message());
