@@ -1,6 +1,7 @@
 #include "plugin_loader.h"
 
 #include "elf_check.h"
+#include "spec_detail.h"
 #include "text.h"
 
 #include <torch/headeronly/version.h>
@@ -12,6 +13,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <regex>
 
 namespace tloop {
 namespace fs = std::filesystem;
@@ -89,6 +91,23 @@ Schema schema_from(const tloop_plugin_descriptor& d, uint32_t abi_minor, const s
       throw PluginLoadError(where + ": option '" + o.name + "' has type " + std::to_string(o.type) +
                             ", not a tloop_value_type of ABI 1." + std::to_string(abi_minor) + " (0 to " +
                             std::to_string(last_option_type(abi_minor)) + ")");
+    const std::string option = where + ": option '" + o.name + "'";
+    for (const OptionSpec& earlier : schema)
+      if (earlier.name == o.name) throw PluginLoadError(option + " is declared twice");
+    if (o.choices && o.type != TLOOP_TYPE_STRING && o.type != TLOOP_TYPE_STRING_LIST &&
+        o.type != TLOOP_TYPE_INT_OR_STRING)
+      throw PluginLoadError(option + " has choices, but only string options can have them (it is " +
+                            type_word(o.type) + ")");
+    if (o.default_value && *o.default_value != '\0') {  // "": optional without a default
+      bool fits = false;
+      try {
+        const toml::table holder = parse_literal(o.default_value, "default");
+        fits = type_ok(*holder.get("v"), o.type);
+      } catch (const toml::parse_error&) {
+      }
+      if (!fits)
+        throw PluginLoadError(option + " has the default " + o.default_value + ", which is not " + type_word(o.type));
+    }
     OptionSpec s;
     s.name = o.name;
     s.type = o.type;
@@ -153,6 +172,9 @@ void Catalog::load_file(const fs::path& file) {
         *d->name == '\0')
       throw PluginLoadError(shown + ": plugin descriptor " + std::to_string(i) + " is invalid");
     const std::string where = shown + ": plugin '" + d->name + "'";
+    // What `tloop new` accepts: a name that is a TOML bare key, a file name and a C identifier.
+    if (!std::regex_match(d->name, std::regex("[a-z][a-z0-9_]*")))
+      throw PluginLoadError(where + ": a plugin name is lowercase letters, digits and '_', starting with a letter");
     if (d->kind == TLOOP_KIND_HOOK) {
       if (d->hook == nullptr || d->hook->create == nullptr || d->hook->destroy == nullptr)
         throw PluginLoadError(where + " is a hook without create/destroy");

@@ -111,7 +111,25 @@ RunSpec resolve_spec(toml::table root, const std::string& file, const Catalog& c
   toml::table* scheduler = section(root, "scheduler", false, file, problems);
   toml::table* plugins = section(root, "plugins", false, file, problems);
 
-  if (run) validate_table(*run, core_schema("run"), "run", problems);
+  if (run) {
+    validate_table(*run, core_schema("run"), "run", problems);
+    if (const toml::node* w = run->get("workspace"); w && w->is_string()) {
+      const std::string ws = w->as_string()->get();
+      std::error_code ec;
+      if (ws.empty())
+        problems.push_back(where(w->source(), file) + ": run.workspace: is empty (leave it out for runs/<name>)");
+      else if (fs::exists(ws, ec) && !fs::is_directory(ws, ec))
+        problems.push_back(where(w->source(), file) + ": run.workspace: \"" + ws + "\" exists and is not a directory");
+      else
+        // A file on the way there makes the workspace impossible to create.
+        for (fs::path p = fs::path(ws).parent_path(); !p.empty() && p != p.root_path(); p = p.parent_path())
+          if (fs::exists(p, ec) && !fs::is_directory(p, ec)) {
+            problems.push_back(where(w->source(), file) + ": run.workspace: \"" + p.string() +
+                               "\" is a file, so \"" + ws + "\" cannot be created");
+            break;
+          }
+    }
+  }
   if (trainer) {
     validate_table(*trainer, core_schema("trainer"), "trainer", problems);
     if (const toml::node* d = trainer->get("device"); d && d->is_string()) {
@@ -135,6 +153,12 @@ RunSpec resolve_spec(toml::table root, const std::string& file, const Catalog& c
         problems.push_back(where(n->source(), file) + ": optimizer." + k + ": does not apply to optimizer type '" +
                            type + "'");
     validate_table(*optimizer, core_schema("optimizer"), "optimizer", problems);
+    // torch.optim.SGD's own rule, found here rather than as a LibTorch
+    // exception once training starts.
+    if (type == "sgd")
+      if (const toml::node* n = optimizer->get("nesterov"); n && n->value_or(false) && (*optimizer)["momentum"].value_or(0.0) <= 0.0)
+        problems.push_back(where(n->source(), file) +
+                           ": optimizer.nesterov: needs momentum > 0 (Nesterov momentum is a kind of momentum)");
     // Defaults of the other optimizers' keys stay out of the resolved spec,
     // so that it validates again as it is.
     for (const auto& k : type == "sgd" ? adam_only : sgd_only) optimizer->erase(k);

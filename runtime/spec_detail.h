@@ -2,6 +2,7 @@
 // how a value is described in messages, TOML literals. Private to runtime/.
 #pragma once
 
+#include <tloop/plugin.h>
 #include <toml++/toml.h>
 
 #include <string>
@@ -16,5 +17,8 @@ std::string child_path(const std::string& parent, const std::string& key);
 std::string describe(const toml::node& n);
 /// Parses a TOML literal (a default, an override value) into {v = literal}.
 toml::table parse_literal(const std::string& literal, const std::string& source);
+/// Whether a value has option type `t` ("an integer", ...: type_word).
+bool type_ok(const toml::node& n, tloop_value_type t);
+const char* type_word(tloop_value_type t);
 
 }  // namespace tloop

@@ -42,7 +42,7 @@ toml::table parse_literal(const std::string& literal, const std::string& source)
 
 namespace {
 
-const char* type_word(tloop_value_type t) {
+const char* type_word_of(tloop_value_type t) {
   switch (t) {
     case TLOOP_TYPE_BOOL: return "a boolean";
     case TLOOP_TYPE_INT: return "an integer";
@@ -54,6 +54,10 @@ const char* type_word(tloop_value_type t) {
   }
   return "a value";
 }
+
+}  // namespace
+
+const char* type_word(tloop_value_type t) { return type_word_of(t); }
 
 bool type_ok(const toml::node& n, tloop_value_type t) {
   switch (t) {
@@ -73,6 +77,8 @@ bool type_ok(const toml::node& n, tloop_value_type t) {
   }
   return false;
 }
+
+namespace {
 
 std::string number_text(double v) { return str(v); }
 
@@ -102,7 +108,7 @@ void validate_table(toml::table& table, const Schema& schema, const std::string&
     if (node == nullptr) {
       if (!o.default_literal) {
         problems.push_back(where(table.source(), file) + ": " + path + ": missing required key (" +
-                           type_word(o.type) + ": " + o.doc + ")");
+                           type_word_of(o.type) + ": " + o.doc + ")");
       } else if (!o.default_literal->empty()) {
         try {
           toml::table holder = parse_literal(*o.default_literal, "default of " + path);
@@ -115,7 +121,7 @@ void validate_table(toml::table& table, const Schema& schema, const std::string&
     }
     const std::string at = where(node->source(), file) + ": " + path + ": ";
     if (!type_ok(*node, o.type)) {
-      problems.push_back(at + "expected " + type_word(o.type) + ", got " + describe(*node));
+      problems.push_back(at + "expected " + type_word_of(o.type) + ", got " + describe(*node));
       continue;
     }
     if (o.type == TLOOP_TYPE_INT || o.type == TLOOP_TYPE_DOUBLE ||
@@ -139,15 +145,21 @@ void validate_table(toml::table& table, const Schema& schema, const std::string&
         continue;
       }
     }
-    if (node->is_string() && !o.choices.empty()) {
-      const std::string v = node->as_string()->get();
-      if (std::find(o.choices.begin(), o.choices.end(), v) == o.choices.end()) {
-        std::string msg = at + "must be one of " + join(o.choices, ", ") + ", got \"" + v + "\"";
-        const std::string suggestion = closest_match(v, o.choices);
-        if (!suggestion.empty()) msg += "; did you mean '" + suggestion + "'?";
-        problems.push_back(msg);
-      }
-    }
+    if (o.choices.empty()) continue;
+    // A string, or each string of a list, is one of the choices.
+    const auto check_choice = [&](const toml::node& n, const std::string& where_text) {
+      const std::string v = n.as_string()->get();
+      if (std::find(o.choices.begin(), o.choices.end(), v) != o.choices.end()) return;
+      std::string msg = where_text + "must be one of " + join(o.choices, ", ") + ", got \"" + v + "\"";
+      const std::string suggestion = closest_match(v, o.choices);
+      if (!suggestion.empty()) msg += "; did you mean '" + suggestion + "'?";
+      problems.push_back(msg);
+    };
+    if (node->is_string()) check_choice(*node, at);
+    if (const toml::array* list = node->as_array())
+      for (size_t i = 0; i < list->size(); ++i)
+        if ((*list)[i].is_string())
+          check_choice((*list)[i], where((*list)[i].source(), file) + ": " + path + "[" + std::to_string(i) + "]: ");
   }
 }
 

@@ -335,15 +335,18 @@ TEST_CASE("SIGTERM and SIGUSR1 in exit_signals save that step's checkpoint and e
   }
 }
 
-TEST_CASE("exit_code is a number from 0 to 255 or the string \"128+signal\", and validate says which") {
+TEST_CASE("exit_code is a number from 0 to 255 or the string \"128+signal\", exit_signals are known signals, and validate says which") {
   TempDir dir;
   const fs::path ws = dir / "ws";
   for (const auto& [line, message] : std::vector<std::pair<std::string, std::string>>{
            {"exit_code = \"130\"", "hooks[1].exit_code: must be one of 128+signal, got \"130\""},
            {"exit_code = 1.5", "hooks[1].exit_code: expected an integer or a string, got a number (1.5)"},
-           {"exit_code = 300", "hooks[1].exit_code: must be between 0 and 255, got an integer (300)"}}) {
+           {"exit_code = 300", "hooks[1].exit_code: must be between 0 and 255, got an integer (300)"},
+           {"exit_signals = [\"SIGTERM\", \"SIGUSR2\"]",
+            "hooks[1].exit_signals[1]: must be one of SIGTERM, SIGUSR1, SIGINT, SIGHUP, TERM, USR1, INT, HUP, got "
+            "\"SIGUSR2\"; did you mean 'SIGUSR1'?"}}) {
     INFO(line);
-    test::write_file(dir / "spec.toml", regression_spec(ws, 2, "exit_signals = [\"SIGTERM\"]\n" + line + "\n"));
+    test::write_file(dir / "spec.toml", regression_spec(ws, 2, line + "\n"));
     const auto r = test::run_command(test::cli() + " validate " + (dir / "spec.toml").string());
     CHECK(r.exit_code == 2);
     CHECK(r.output.find(message) != std::string::npos);

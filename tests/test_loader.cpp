@@ -200,6 +200,17 @@ TEST_CASE("an option type newer than the plugin's ABI minor is refused, naming t
   CHECK(catalog.find("int_or_string_1_4")->schema.at(0).type == TLOOP_TYPE_INT_OR_STRING);
 }
 
+TEST_CASE("a descriptor is checked at load: the plugin's name, unique options, defaults of their type, choices on strings") {
+  CHECK(load_error(bad("bad_name")) == bad("bad_name") + ": plugin 'Bad-Name': a plugin name is lowercase letters, "
+                                                          "digits and '_', starting with a letter");
+  CHECK(load_error(bad("dup_option")) == bad("dup_option") + ": plugin 'dup_option': option 'mode' is declared twice");
+  CHECK(load_error(bad("bad_default")) ==
+        bad("bad_default") + ": plugin 'bad_default': option 'mode' has the default \"abc\", which is not an integer");
+  CHECK(load_error(bad("choices_on_int")) == bad("choices_on_int") + ": plugin 'choices_on_int': option 'mode' has "
+                                                                      "choices, but only string options can have "
+                                                                      "them (it is an integer)");
+}
+
 TEST_CASE("a hook declares its phase, hooks that declare none update, and an unknown phase is refused") {
   tloop::Catalog catalog;
   catalog.load_file(bad("save_phase"));

@@ -84,6 +84,29 @@ TEST_CASE("an integer literal for a number option is that number, in core sectio
   }
 }
 
+TEST_CASE("validate finds what would fail later: nesterov without momentum, a workspace that cannot be one") {
+  TempDir dir;
+  auto c = run_cli(dir, "[trainer]\nmax_steps = 5\n" + kTask + "[optimizer]\ntype = \"sgd\"\nnesterov = true\n");
+  expect_bad_input(c, {"optimizer.nesterov: needs momentum > 0"});
+  test::write_file(dir / "a_file", "not a directory\n");
+  for (const auto& [workspace, message] : std::vector<std::pair<std::string, std::string>>{
+           {"", "run.workspace: is empty (leave it out for runs/<name>)"},
+           {(dir / "a_file").string(), "run.workspace: \"" + (dir / "a_file").string() + "\" exists and is not a directory"},
+           {(dir / "a_file" / "ws").string(),
+            "run.workspace: \"" + (dir / "a_file").string() + "\" is a file, so \"" + (dir / "a_file" / "ws").string() +
+                "\" cannot be created"}}) {
+    INFO(workspace);
+    test::write_file(dir / "ws.toml", "[run]\nworkspace = \"" + workspace + "\"\n[trainer]\nmax_steps = 5\n" + kTask);
+    for (const char* command : {" validate ", " run "}) {
+      const auto r = test::run_command(test::cli() + command + (dir / "ws.toml").string());
+      INFO(command, r.output);
+      CHECK(r.exit_code == 2);
+      CHECK(r.output.find(message) != std::string::npos);
+    }
+  }
+  CHECK(test::read_file(dir / "a_file") == "not a directory\n");
+}
+
 TEST_CASE("a missing required key and a missing section are reported") {
   TempDir dir;
   auto c = run_cli(dir, "[trainer]\ngrad_clip = 1.0\n");

@@ -9,7 +9,10 @@
  *                                          a newer minor could write them
  *   VARIANT_PHASE                          the phase it declares (default: none)
  *   VARIANT_RESERVED_OPTION                one option with this (reserved) name
- *   VARIANT_OPTION_TYPE                    one option "mode" of this tloop_value_type */
+ *   VARIANT_OPTION_TYPE                    one option "mode" of this tloop_value_type,
+ *                                          default 1 (VARIANT_DEFAULT_ABC: "abc"), choices
+ *                                          none (VARIANT_CHOICES_1_2: "1|2"); twice
+ *                                          with VARIANT_DUP_OPTION */
 #include <tloop/plugin.h>
 
 #ifndef VARIANT_ABI_MAJOR
@@ -60,12 +63,26 @@ static const tloop_option_desc reserved[] = {
 #define VARIANT_OPTIONS reserved
 #define VARIANT_OPTION_COUNT 1
 #elif defined(VARIANT_OPTION_TYPE)
+#ifdef VARIANT_DEFAULT_ABC
+#define VARIANT_OPTION_DEFAULT "\"abc\""
+#else
+#define VARIANT_OPTION_DEFAULT "1"
+#endif
+#ifdef VARIANT_CHOICES_1_2
+#define VARIANT_OPTION_CHOICES "1|2"
+#else
+#define VARIANT_OPTION_CHOICES NULL
+#endif
 static const tloop_option_desc typed[] = {
-    {sizeof(tloop_option_desc), "mode", (tloop_value_type)(VARIANT_OPTION_TYPE), "1", "an option of a given type", 0, 0,
-     0, 0, NULL},
+    {sizeof(tloop_option_desc), "mode", (tloop_value_type)(VARIANT_OPTION_TYPE), VARIANT_OPTION_DEFAULT,
+     "an option of a given type", 0, 0, 0, 0, VARIANT_OPTION_CHOICES},
+#ifdef VARIANT_DUP_OPTION
+    {sizeof(tloop_option_desc), "mode", (tloop_value_type)(VARIANT_OPTION_TYPE), "1", "the same name again", 0, 0, 0,
+     0, NULL},
+#endif
 };
 #define VARIANT_OPTIONS typed
-#define VARIANT_OPTION_COUNT 1
+#define VARIANT_OPTION_COUNT ((uint32_t)(sizeof(typed) / sizeof(typed[0])))
 #else
 #define VARIANT_OPTIONS NULL
 #define VARIANT_OPTION_COUNT 0

@@ -201,8 +201,9 @@ class Checkpointing : public tloop::Hook {
                               "\"latest\" (resume when there is one), \"none\", a checkpoint's name in path "
                               "(\"1000\"), or a checkpoint directory"),
                 tloop::option("exit_signals", {"SIGTERM", "SIGUSR1"},
-                              "signals that save a checkpoint and exit: SIGTERM, SIGUSR1, SIGINT, SIGHUP "
-                              "(what schedulers send before a kill; [] for none)"),
+                              "signals that save a checkpoint and exit (what schedulers send before a kill; "
+                              "[] for none)")
+                    .one_of({"SIGTERM", "SIGUSR1", "SIGINT", "SIGHUP", "TERM", "USR1", "INT", "HUP"}),
                 tloop::option("allow_fresh_start", false,
                               "when every checkpoint is damaged, start from step 0 instead of stopping "
                               "(the damaged ones are kept, moved aside)"),
