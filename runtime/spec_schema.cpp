@@ -124,6 +124,15 @@ void validate_table(toml::table& table, const Schema& schema, const std::string&
       problems.push_back(at + "expected " + type_word_of(o.type) + ", got " + describe(*node));
       continue;
     }
+    // Strings cross the C ABI as NUL-terminated: a NUL would cut them short unseen.
+    const auto has_nul = [](const toml::node& n) { return n.is_string() && n.as_string()->get().find('\0') != std::string::npos; };
+    bool nul = has_nul(*node);
+    if (const toml::array* list = node->as_array())
+      for (const toml::node& e : *list) nul = nul || has_nul(e);
+    if (nul) {
+      problems.push_back(at + "contains a NUL character (\\u0000)");
+      continue;
+    }
     if (o.type == TLOOP_TYPE_INT || o.type == TLOOP_TYPE_DOUBLE ||
         (o.type == TLOOP_TYPE_INT_OR_STRING && node->is_integer())) {
       const double v = node->is_integer() ? static_cast<double>(node->as_integer()->get())

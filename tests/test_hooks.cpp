@@ -11,6 +11,7 @@
 #include <map>
 #include <regex>
 #include <sstream>
+#include <tuple>
 
 using test::TempDir;
 
@@ -163,6 +164,25 @@ TEST_CASE("a record reported on some steps only is the mean over those steps, ab
     }
     CHECK(rows == (interval == 2 ? 5 : 2));
     CHECK(logged == expected);
+  }
+}
+
+TEST_CASE("no option makes a hook write outside the workspace") {
+  TempDir dir;
+  for (const auto& [hook, line, message] : std::vector<std::tuple<std::string, std::string, std::string>>{
+           {"image_files", "dir = \"../../x\"", "dir = \"../../x\" leaves the workspace ('..')"},
+           {"image_files", "dir = \"/tmp/x\"", "dir = \"/tmp/x\" is absolute"},
+           {"ema", "file = \"../../x.pt\"", "file = \"../../x.pt\" leaves the workspace ('..')"},
+           {"ema", "file = \"a/" + std::string(256, 'n') + ".pt\"", "has a name longer than 255 bytes"},
+           {"ema", "file = \"x\\u0000.pt\"", "hooks[0].file: contains a NUL character"}}) {
+    INFO(hook, " ", line);
+    test::write_file(dir / "spec.toml", "[run]\nworkspace = \"" + (dir / "ws").string() + "\"\n" +
+                                            linear_spec(2, "[[hooks]]\nplugin = \"" + hook + "\"\n" + line + "\n"));
+    const auto r = test::run_command(test::cli() + " run " + (dir / "spec.toml").string());
+    INFO(r.output);
+    CHECK(r.exit_code == 2);
+    CHECK(r.output.find(message) != std::string::npos);
+    CHECK_FALSE(std::filesystem::exists(dir / "ws"));  // refused at create, before anything is written
   }
 }
 

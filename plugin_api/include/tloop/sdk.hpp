@@ -13,6 +13,7 @@
 #include <tloop/keys.h>
 #include <tloop/plugin.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -377,6 +378,28 @@ struct Every {
                   " counts epochs, but the task declares no epoch length (tloop.epochs/1); give the interval in steps");
   }
 };
+
+/// Option `option`'s `value` as a path inside the workspace: a relative path
+/// without "..", a NUL or a name longer than 255 bytes. Throws
+/// std::invalid_argument (bad input, exit code 2) naming the option, so that
+/// no option makes a hook write outside the workspace.
+inline std::string workspace_path(const Context& ctx, const std::string& option, const std::string& value) {
+  const auto refuse = [&](const std::string& why) {
+    throw std::invalid_argument(option + " = \"" + value + "\" " + why + " (a path relative to the workspace)");
+  };
+  if (value.empty()) refuse("is empty");
+  if (value.find('\0') != std::string::npos) refuse("contains a NUL character");
+  if (value.front() == '/') refuse("is absolute");
+  size_t begin = 0;
+  while (begin <= value.size()) {
+    const size_t end = std::min(value.find('/', begin), value.size());
+    const std::string part = value.substr(begin, end - begin);
+    if (part == "..") refuse("leaves the workspace ('..')");
+    if (part.size() > 255) refuse("has a name longer than 255 bytes");
+    begin = end + 1;
+  }
+  return ctx.workspace() + "/" + value;
+}
 
 /// A state dictionary being written.
 class StateWriter {

@@ -34,12 +34,12 @@ class Ema : public tloop::Hook {
             }};
   }
 
-  Ema(tloop::Context&, const tloop::Options& o)
+  Ema(tloop::Context& ctx, const tloop::Options& o)
       : decay_(o.get_double("decay")),
         update_interval_(o.get_int("update_interval")),
         start_step_(o.get_int("start_step")),
         on_cpu_(o.get_string("device") == "cpu"),
-        file_(o.get_string("file")) {}
+        file_(o.get_string("file").empty() ? "" : tloop::workspace_path(ctx, "file", o.get_string("file"))) {}
 
   void before_train(tloop::Context& ctx) override {
     if (!names_.empty()) return;  // a loaded state already set things up
@@ -70,7 +70,7 @@ class Ema : public tloop::Hook {
     if (file_.empty() || ctx.rank() != 0) return;
     std::vector<std::pair<std::string, at::Tensor>> named;
     for (size_t i = 0; i < names_.size(); ++i) named.emplace_back(names_[i], averaged_[i]);
-    const std::filesystem::path path = std::filesystem::path(ctx.workspace()) / file_;
+    const std::filesystem::path path = file_;
     const std::filesystem::path tmp = path.string() + ".tmp";
     tloop::save_tensors(tmp.string(), named);
     std::filesystem::rename(tmp, path);  // never a half-written file under the final name

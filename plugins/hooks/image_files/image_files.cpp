@@ -29,13 +29,13 @@ class ImageFiles : public tloop::Hook {
             }};
   }
 
-  ImageFiles(tloop::Context&, const tloop::Options& o)
+  ImageFiles(tloop::Context& ctx, const tloop::Options& o)
       : format_(o.get_string("image_format")), quality_(static_cast<int>(o.get_int("jpeg_quality"))),
-        dir_(o.get_string("dir")) {}
+        dir_(tloop::workspace_path(ctx, "dir", o.get_string("dir"))) {}
 
   void on_log_images(tloop::Context& ctx, const std::vector<tloop::ImageView>& images) override {
     if (ctx.rank() != 0) return;
-    const fs::path step_dir = fs::path(ctx.workspace()) / dir_ / std::to_string(ctx.step());
+    const fs::path step_dir = fs::path(dir_) / std::to_string(ctx.step());
     for (const auto& im : images) {
       std::string rel;
       if (hooks::image_key_path(im.key, rel) && warned_.insert(im.key).second)

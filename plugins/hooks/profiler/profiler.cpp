@@ -72,13 +72,7 @@ class Profiler : public tloop::Hook {
         config_(ProfilerState::KINETO, o.get_bool("record_shapes"), o.get_bool("profile_memory"),
                 o.get_bool("with_stack")),
         device_(ctx.device()) {
-    const fs::path dir(o.get_string("dir"));
-    if (dir.empty() || dir.is_absolute())
-      throw std::invalid_argument("dir = \"" + dir.string() + "\" must be a relative path inside the workspace");
-    for (const fs::path& part : dir)
-      if (part == "..")
-        throw std::invalid_argument("dir = \"" + dir.string() + "\" leaves the workspace ('..')");
-    dir_ = fs::path(ctx.workspace()) / dir;
+    dir_ = tloop::workspace_path(ctx, "dir", o.get_string("dir"));
     activities_.insert(ActivityType::CPU);
     if (o.get_bool("cuda") && device_.is_cuda()) activities_.insert(ActivityType::CUDA);
   }
