@@ -438,8 +438,6 @@ TEST_CASE("cuda: ema on the GPU equals the closed form") {
   }
 }
 
-}  // TEST_SUITE("cuda")
-
 TEST_CASE("cuda: the profiler records the GPU kernels that each recorded step launched") {
   TempDir dir;
   test::train(dir, mlp_spec(kPlain, 5, "", "[[hooks]]\nplugin = \"profiler\"\nwait = 1\nwarmup = 1\nactive = 2\n"));
@@ -472,3 +470,5 @@ TEST_CASE("cuda: the profiler records the GPU kernels that each recorded step la
     CHECK(launches[corr] <= end);
   }
 }
+
+}  // TEST_SUITE("cuda")
