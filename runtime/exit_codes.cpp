@@ -20,9 +20,7 @@ int exit_code_of(const std::exception_ptr& error) {
     return kExitBadInput;
   } catch (const PluginLoadError&) {
     return kExitBadInput;
-  } catch (const PluginCreateError&) {
-    return kExitBadInput;
-  } catch (const PluginBadInput&) {
+  } catch (const PluginBadInput&) {  // PluginCreateError too
     return kExitBadInput;
   } catch (const std::invalid_argument&) {
     return kExitBadInput;

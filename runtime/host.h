@@ -27,18 +27,18 @@ class PluginError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-/// A plugin refused its options when created: bad input, like a spec error.
-class PluginCreateError : public PluginError {
- public:
-  using PluginError::PluginError;
-};
-
 /// A plugin refused its input during the run (an event returned
 /// TLOOP_INVALID_ARGUMENT: an option combination, a missing checkpoint):
 /// bad input, exit code 2, like an error in the spec.
 class PluginBadInput : public PluginError {
  public:
   using PluginError::PluginError;
+};
+
+/// A plugin refused its options when created: bad input too.
+class PluginCreateError : public PluginBadInput {
+ public:
+  using PluginBadInput::PluginBadInput;
 };
 
 using StateValue = std::variant<at::Tensor, int64_t, double, std::string>;

@@ -40,9 +40,7 @@ toml::table parse_literal(const std::string& literal, const std::string& source)
   return toml::parse("v = " + literal, source);
 }
 
-namespace {
-
-const char* type_word_of(tloop_value_type t) {
+const char* type_word(tloop_value_type t) {
   switch (t) {
     case TLOOP_TYPE_BOOL: return "a boolean";
     case TLOOP_TYPE_INT: return "an integer";
@@ -54,10 +52,6 @@ const char* type_word_of(tloop_value_type t) {
   }
   return "a value";
 }
-
-}  // namespace
-
-const char* type_word(tloop_value_type t) { return type_word_of(t); }
 
 bool type_ok(const toml::node& n, tloop_value_type t) {
   switch (t) {
@@ -108,7 +102,7 @@ void validate_table(toml::table& table, const Schema& schema, const std::string&
     if (node == nullptr) {
       if (!o.default_literal) {
         problems.push_back(where(table.source(), file) + ": " + path + ": missing required key (" +
-                           type_word_of(o.type) + ": " + o.doc + ")");
+                           type_word(o.type) + ": " + o.doc + ")");
       } else if (!o.default_literal->empty()) {
         try {
           toml::table holder = parse_literal(*o.default_literal, "default of " + path);
@@ -121,7 +115,7 @@ void validate_table(toml::table& table, const Schema& schema, const std::string&
     }
     const std::string at = where(node->source(), file) + ": " + path + ": ";
     if (!type_ok(*node, o.type)) {
-      problems.push_back(at + "expected " + type_word_of(o.type) + ", got " + describe(*node));
+      problems.push_back(at + "expected " + type_word(o.type) + ", got " + describe(*node));
       continue;
     }
     // Strings cross the C ABI as NUL-terminated: a NUL would cut them short unseen.

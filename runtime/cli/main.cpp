@@ -18,8 +18,6 @@
 
 namespace {
 
-constexpr int kBadInput = tloop::kExitBadInput;
-
 std::string type_name(tloop_value_type t) {
   switch (t) {
     case TLOOP_TYPE_BOOL: return "bool";
@@ -44,7 +42,7 @@ int list_plugins(const std::vector<std::string>& extra_dirs) {
                 p->file.c_str());
   if (catalog.plugins().empty()) std::printf("(no plugins found; searched %zu directories)\n", dirs.size());
   for (const auto& problem : problems) tloop::log::error(problem);
-  return problems.empty() ? 0 : kBadInput;
+  return problems.empty() ? 0 : tloop::kExitBadInput;
 }
 
 int describe(const std::string& name, const std::vector<std::string>& extra_dirs) {
@@ -57,7 +55,7 @@ int describe(const std::string& name, const std::vector<std::string>& extra_dirs
     const std::string suggestion = tloop::closest_match(name, names);
     if (!suggestion.empty()) msg += "; did you mean '" + suggestion + "'?";
     tloop::log::error(msg + " (see `tloop plugins`)");
-    return kBadInput;
+    return tloop::kExitBadInput;
   }
   std::printf("%s %s (%s plugin)\n  %s\n  file: %s\n", p->name.c_str(), p->version.c_str(),
               tloop::kind_name(p->kind), p->description.c_str(), p->file.c_str());
@@ -123,12 +121,12 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     const int code = app.exit(e);
-    return code == 0 ? 0 : kBadInput;
+    return code == 0 ? 0 : tloop::kExitBadInput;
   }
   const auto parsed_level = tloop::log::parse_level(level);
   if (!parsed_level) {
     std::cerr << "--log-level: unknown level '" << level << "' (debug, info, warn, error, off)\n";
-    return kBadInput;
+    return tloop::kExitBadInput;
   }
   tloop::log::set_level(*parsed_level);
 

@@ -320,45 +320,50 @@ class Checkpointing : public tloop::Hook {
   // Newest first: what `latest` names, then every checkpoint by step.
   std::vector<fs::path> candidates() const {
     std::vector<fs::path> out;
-    std::error_code ec;
     if (fs::exists(root_ / "latest")) {
       std::vector<char> bytes = checkpointing::read_file(root_ / "latest");
       std::string name(bytes.begin(), bytes.end());
       name.erase(name.find_last_not_of(" \n\r\t") + 1);
       if (step_of(name) >= 0 && fs::is_directory(root_ / name)) out.push_back(root_ / name);
     }
+    for (const auto& [step, path] : checkpoints())
+      if (std::find(out.begin(), out.end(), path) == out.end()) out.push_back(path);
+    return out;
+  }
+
+  // Every checkpoint directory (<step> and <step>_keep) with its step, newest first.
+  std::vector<std::pair<int64_t, fs::path>> checkpoints() const {
     std::vector<std::pair<int64_t, fs::path>> all;
+    std::error_code ec;
     for (const auto& entry : fs::directory_iterator(root_, ec)) {
       const int64_t step = step_of(entry.path().filename().string());
       if (entry.is_directory() && step >= 0) all.emplace_back(step, entry.path());
     }
     std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
-    for (const auto& [step, path] : all)
-      if (std::find(out.begin(), out.end(), path) == out.end()) out.push_back(path);
-    return out;
+    return all;
   }
 
   // `dir` renamed to `name` under root_ (with a suffix when that exists): a
   // name that is not a step, so neither resume nor pruning touches it again.
   fs::path move_aside(const fs::path& dir, const std::string& name) const {
-    fs::path target = root_ / name;
-    for (int i = 2; fs::exists(target); ++i) target = root_ / (name + "-" + std::to_string(i));
+    const fs::path target = unused_path(name);
     fs::rename(dir, target);
     return target;
   }
 
+  // root_/name, or root_/name-2, -3, ... when that exists.
+  fs::path unused_path(const std::string& name) const {
+    fs::path path = root_ / name;
+    for (int i = 2; fs::exists(path); ++i) path = root_ / (name + "-" + std::to_string(i));
+    return path;
+  }
+
   // load = "none": a new run, which must not overwrite a previous one's checkpoints.
   void start_over(tloop::Context& ctx) const {
-    std::vector<fs::path> existing;
-    std::error_code ec;
-    for (const auto& entry : fs::directory_iterator(root_, ec))
-      if (entry.is_directory() && step_of(entry.path().filename().string()) >= 0) existing.push_back(entry.path());
+    const auto existing = checkpoints();
     if (existing.empty()) return;
-    std::sort(existing.begin(), existing.end(), [](const fs::path& a, const fs::path& b) {
-      return step_of(a.filename().string()) < step_of(b.filename().string());
-    });
-    std::vector<std::string> names;
-    for (const auto& d : existing) names.push_back(d.filename().string());
+    std::vector<std::string> names;  // oldest first
+    for (auto it = existing.rbegin(); it != existing.rend(); ++it) names.push_back(it->second.filename().string());
     if (!overwrite_)
       throw std::invalid_argument("load = \"none\" starts from step 0, but " + root_.string() +
                                   " holds checkpoints of an earlier run (" + join(names, ", ") +
@@ -367,10 +372,9 @@ class Checkpointing : public tloop::Hook {
     const auto now = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
     char stamp[32];
     std::strftime(stamp, sizeof(stamp), "%Y%m%d-%H%M%S", std::gmtime(&now));
-    fs::path aside = root_ / (std::string("replaced-") + stamp);
-    for (int i = 2; fs::exists(aside); ++i) aside = root_ / (std::string("replaced-") + stamp + "-" + std::to_string(i));
+    const fs::path aside = unused_path(std::string("replaced-") + stamp);
     fs::create_directory(aside);
-    for (const auto& d : existing) fs::rename(d, aside / d.filename());
+    for (const auto& [step, dir] : existing) fs::rename(dir, aside / dir.filename());
     if (fs::exists(root_ / "latest")) fs::rename(root_ / "latest", aside / "latest");
     ctx.warn("checkpointing: load = \"none\" with overwrite = true: the earlier checkpoints (" + join(names, ", ") +
              ") are moved to " + aside.string());
@@ -518,14 +522,12 @@ class Checkpointing : public tloop::Hook {
   // Keeps the newest checkpoint, `keep_previous` regular ones before it, and every _keep one.
   void prune(tloop::Context& ctx, const std::string& newest) {
     std::vector<std::pair<int64_t, fs::path>> regular;
-    std::error_code ec;
-    for (const auto& entry : fs::directory_iterator(root_, ec)) {
-      const std::string name = entry.path().filename().string();
-      const int64_t step = step_of(name);
+    for (const auto& [step, dir] : checkpoints()) {
+      const std::string name = dir.filename().string();
       const bool kept = name != std::to_string(step);  // "<step>_keep"
-      if (entry.is_directory() && name != newest && step >= 0 && !kept) regular.emplace_back(step, entry.path());
+      if (name != newest && !kept) regular.emplace_back(step, dir);
     }
-    std::sort(regular.begin(), regular.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+    std::error_code ec;
     for (size_t i = static_cast<size_t>(keep_previous_); i < regular.size(); ++i) {
       fs::remove_all(regular[i].second, ec);
       if (ec) ctx.error("checkpointing: could not prune " + regular[i].second.string() + ": " + ec.message());

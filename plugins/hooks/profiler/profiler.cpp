@@ -71,10 +71,9 @@ class Profiler : public tloop::Hook {
         repeat_(o.get_int("repeat")),
         config_(ProfilerState::KINETO, o.get_bool("record_shapes"), o.get_bool("profile_memory"),
                 o.get_bool("with_stack")),
-        device_(ctx.device()) {
-    dir_ = tloop::workspace_path(ctx, "dir", o.get_string("dir"));
+        dir_(tloop::workspace_path(ctx, "dir", o.get_string("dir"))) {
     activities_.insert(ActivityType::CPU);
-    if (o.get_bool("cuda") && device_.is_cuda()) activities_.insert(ActivityType::CUDA);
+    if (o.get_bool("cuda") && c10::Device(ctx.device()).is_cuda()) activities_.insert(ActivityType::CUDA);
   }
 
   ~Profiler() override { stop(); }
@@ -85,7 +84,6 @@ class Profiler : public tloop::Hook {
   void before_train(tloop::Context& ctx) override { enter(ctx, action_at(0)); }
 
   void after_step(tloop::Context& ctx) override {
-    if (state_ == State::recording) ++steps_recorded_;
     if (action_at(steps_seen_++) == Action::record_and_save) save(ctx);
     if (ctx.step() < ctx.max_steps()) enter(ctx, action_at(steps_seen_));
   }
@@ -123,7 +121,6 @@ class Profiler : public tloop::Hook {
     kprof::enableProfiler(config_, activities_);
     state_ = State::recording;
     window_first_ = ctx.step() + 1;
-    steps_recorded_ = 0;
   }
 
   // Ends a recording window and writes its trace (none for a window that
@@ -137,7 +134,7 @@ class Profiler : public tloop::Hook {
                                                   ", \"world_size\": " + std::to_string(ctx.world_size()) + "}");
     std::unique_ptr<kprof::ProfilerResult> result = kprof::disableProfiler();
     state_ = State::idle;
-    if (steps_recorded_ == 0 && ctx.step() < window_first_) return;
+    if (ctx.step() < window_first_) return;  // no step of the window began
     const int64_t last = ctx.step();  // a step cut short by an error counts
     const fs::path window = dir_ / ("steps_" + std::to_string(window_first_) + "-" + std::to_string(last));
     fs::create_directories(window);
@@ -161,12 +158,11 @@ class Profiler : public tloop::Hook {
 
   int64_t skip_first_, wait_, warmup_, active_, repeat_;
   ProfilerConfig config_;
-  c10::Device device_;
   fs::path dir_;
   std::set<ActivityType> activities_;
   State state_ = State::idle;
   int64_t steps_seen_ = 0;
-  int64_t window_first_ = 0, steps_recorded_ = 0;
+  int64_t window_first_ = 0;
 };
 
 }  // namespace
