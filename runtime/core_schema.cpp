@@ -53,7 +53,9 @@ Schema make_scheduler_schema() {
 }
 Schema make_plugins_schema() {
   return {option("paths", std::vector<std::string>{},
-                 "extra plugin directories, searched after the built-in ones and TLOOP_PLUGIN_PATH")};
+                 "extra plugin directories, searched after the built-in ones and TLOOP_PLUGIN_PATH"),
+          option("allow_insecure", false,
+                 "load plugins from directories and files that other users can write or own (refused otherwise)")};
 }
 
 }  // namespace

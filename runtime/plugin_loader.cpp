@@ -1,6 +1,7 @@
 #include "plugin_loader.h"
 
 #include "elf_check.h"
+#include "log.h"
 #include "spec_detail.h"
 #include "text.h"
 
@@ -14,6 +15,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <regex>
+#include <set>
+
+#include <pwd.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 namespace tloop {
 namespace fs = std::filesystem;
@@ -123,12 +129,48 @@ Schema schema_from(const tloop_plugin_descriptor& d, uint32_t abi_minor, const s
 
 }  // namespace
 
+std::optional<std::string> insecure_path(const fs::path& path, std::string* warning) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return std::nullopt;  // what is missing is reported where it is used
+  const char* what = S_ISDIR(st.st_mode) ? "plugin directory " : "plugin library ";
+  char mode[8];
+  std::snprintf(mode, sizeof(mode), "%04o", static_cast<unsigned>(st.st_mode & 07777));
+  if (st.st_mode & S_IWOTH)
+    return str(what, path.string(), " is writable by every user (mode ", mode,
+               "): anyone could put code there that tloop would run; fix it with chmod o-w ", path.string());
+  if (st.st_uid != ::getuid() && st.st_uid != 0) {
+    const struct passwd* owner = ::getpwuid(st.st_uid);
+    return str(what, path.string(), " is owned by ", owner ? owner->pw_name : "another user", " (uid ", st.st_uid,
+               "), neither you nor root: its owner could change the code tloop runs; copy it, or chown it");
+  }
+  if ((st.st_mode & S_IWGRP) && warning)
+    *warning = str(what, path.string(), " is writable by its group (mode ", mode,
+                   "): loaded, but anyone in the group can change the code tloop runs");
+  return std::nullopt;
+}
+
+namespace {
+// Refuses an unsafe path (or warns, once per path, under allow_insecure).
+void check_secure(const fs::path& path, bool allow_insecure) {
+  static std::set<std::string> warned;
+  std::string warning;
+  if (auto problem = insecure_path(path, &warning)) {
+    if (!allow_insecure) throw PluginLoadError(*problem + ", or set [plugins] allow_insecure = true to load it anyway");
+    warning = *problem + " (loaded: [plugins] allow_insecure = true)";
+  }
+  if (!warning.empty() && warned.insert(path.string()).second) log::warn(warning);
+}
+}  // namespace
+
 void Catalog::load_file(const fs::path& file) {
   std::error_code ec;
   const std::string canonical = fs::weakly_canonical(file, ec).string();
   const std::string shown = file.string();
   if (std::find(loaded_files_.begin(), loaded_files_.end(), canonical) != loaded_files_.end()) return;
 
+  if (std::error_code status_ec; !fs::exists(file, status_ec) && status_ec)  // a symbolic link loop
+    throw PluginLoadError(shown + ": cannot be loaded: " + status_ec.message());
+  check_secure(file, allow_insecure_);
   // dlopen of a truncated file dies of SIGBUS; refuse it with a message first.
   if (auto problem = elf_problem(file)) throw PluginLoadError(shown + ": cannot be loaded: " + *problem);
   boost::dll::shared_library lib;
@@ -210,14 +252,38 @@ void Catalog::load_file(const fs::path& file) {
   libraries().push_back(std::move(lib));
 }
 
-std::vector<std::string> Catalog::scan(const std::vector<fs::path>& dirs) {
+std::vector<std::string> Catalog::scan(const PluginSearch& search) {
+  allow_insecure_ = search.allow_insecure;
   std::vector<std::string> problems;
-  for (const auto& dir : dirs) {
+  std::vector<std::pair<fs::path, bool>> dirs;  // path, named by the user
+  for (const auto& d : search.dirs) dirs.emplace_back(d, false);
+  for (const auto& d : search.named_dirs) dirs.emplace_back(d, true);
+  for (const auto& [dir, named] : dirs) {
     std::error_code ec;
-    if (!fs::is_directory(dir, ec)) continue;
+    const fs::file_status status = fs::status(dir, ec);
+    if (ec && ec != std::errc::no_such_file_or_directory) {  // a symlink loop, a directory we may not enter
+      problems.push_back("plugin directory " + dir.string() + ": " + ec.message());
+      continue;
+    }
+    if (!fs::is_directory(status)) {
+      if (named)
+        problems.push_back("plugin directory " + dir.string() +
+                           (fs::exists(status) ? ": not a directory" : ": no such directory"));
+      continue;
+    }
+    try {
+      check_secure(dir, allow_insecure_);
+    } catch (const PluginLoadError& e) {
+      problems.emplace_back(e.what());
+      continue;
+    }
     std::vector<fs::path> files;
-    for (const auto& entry : fs::directory_iterator(dir, ec))
-      if (entry.path().extension() == ".so" && !entry.is_directory()) files.push_back(entry.path());
+    fs::directory_iterator it(dir, ec);
+    if (ec) problems.push_back("plugin directory " + dir.string() + ": " + ec.message());
+    for (; !ec && it != fs::directory_iterator(); it.increment(ec)) {
+      std::error_code entry_ec;  // a broken link is load_file's to report
+      if (it->path().extension() == ".so" && !it->is_directory(entry_ec)) files.push_back(it->path());
+    }
     std::sort(files.begin(), files.end());  // a stable order makes duplicate errors reproducible
     for (const auto& f : files) {
       try {

@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -44,13 +45,31 @@ const char* phase_name(tloop_hook_phase phase);
 /// phase, and within a phase in list order. Returns list indices.
 std::vector<size_t> dispatch_order(const std::vector<tloop_hook_phase>& phases);
 
+/// Where plugins are searched, and how strictly.
+struct PluginSearch {
+  /// Searched in order; a missing one is skipped (the defaults, TLOOP_PLUGIN_PATH).
+  std::vector<std::filesystem::path> dirs;
+  /// Searched after `dirs`; named by the user ([plugins] paths, --path), so
+  /// each must be a directory.
+  std::vector<std::filesystem::path> named_dirs;
+  /// [plugins] allow_insecure: load from directories and files that other
+  /// users can write or own (with a warning) instead of refusing them.
+  bool allow_insecure = false;
+};
+
+/// Why loading code from `path` (a plugin directory or library) is unsafe:
+/// writable by every user, or owned by another user than the one running
+/// tloop or root; std::nullopt when it is safe. A group-writable path is safe
+/// with a warning (clusters share groups with umask 002): `warning` gets it.
+std::optional<std::string> insecure_path(const std::filesystem::path& path, std::string* warning);
+
 class Catalog {
  public:
   /// Loads one library and registers its plugins; throws PluginLoadError.
   void load_file(const std::filesystem::path& file);
-  /// Loads every *.so in `dirs` (missing directories are skipped); returns
-  /// one message per library that was refused.
-  std::vector<std::string> scan(const std::vector<std::filesystem::path>& dirs);
+  /// Loads every *.so of the search's directories; returns one message per
+  /// library or directory that was refused.
+  std::vector<std::string> scan(const PluginSearch& search);
 
   const LoadedPlugin* find(const std::string& name) const;
   /// Plugins in name order.
@@ -60,6 +79,7 @@ class Catalog {
  private:
   std::map<std::string, LoadedPlugin> plugins_;
   std::vector<std::string> loaded_files_;  // canonical paths, to load each file once
+  bool allow_insecure_ = false;
 };
 
 /// Default plugin directories: beside the tloop binary (`../plugins` in the

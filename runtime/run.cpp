@@ -25,11 +25,9 @@
 namespace tloop {
 namespace fs = std::filesystem;
 
-Catalog load_catalog(const std::vector<std::string>& extra_dirs) {
+Catalog load_catalog(const PluginSearch& search) {
   Catalog catalog;
-  std::vector<fs::path> dirs = default_plugin_dirs();
-  for (const auto& d : extra_dirs) dirs.emplace_back(d);
-  const std::vector<std::string> problems = catalog.scan(dirs);
+  const std::vector<std::string> problems = catalog.scan(search);
   if (!problems.empty()) throw PluginLoadError(join(problems, "\n"));
   return catalog;
 }
@@ -129,7 +127,7 @@ c10::Device resolve_device(const std::string& device) {
 std::unique_ptr<Run> Run::prepare(const RunOptions& options) {
   std::unique_ptr<Run> run(new Run());
   toml::table root = parse_spec(options.spec_file, options.overrides);
-  run->catalog_ = load_catalog(spec_plugin_paths(root, options.spec_file));
+  run->catalog_ = load_catalog(spec_plugin_search(root, options.spec_file));
   run->spec_ = resolve_spec(std::move(root), options.spec_file, run->catalog_);
   run->device_ = resolve_device(run->spec_.device);
   return run;
@@ -159,7 +157,8 @@ void Run::execute() {
   for (size_t i : dispatch_order(phases)) {
     const auto& use = s.hooks[i];
     hooks_.push_back(std::make_unique<HookInstance>(*catalog_.find(use.plugin), *host_, use.options,
-                                                    use.key_path + " (" + use.plugin + ")", use.state_key));
+                                                    use.key_path + " (" + use.plugin + ")", use.state_key,
+                                                    on_error_from(use.on_error)));
   }
 
   // Everything is valid: now the workspace may be written, by this run alone.

@@ -19,9 +19,9 @@ struct RunOptions {
   std::vector<std::string> overrides;  // --set key.path=value
 };
 
-/// Loads the plugins from the default directories, TLOOP_PLUGIN_PATH and
-/// `extra_dirs`; a refused library throws PluginLoadError naming it.
-Catalog load_catalog(const std::vector<std::string>& extra_dirs);
+/// Loads the plugins `search` finds; a refused library or directory throws
+/// PluginLoadError naming it.
+Catalog load_catalog(const PluginSearch& search);
 
 class Run {
  public:

@@ -30,7 +30,9 @@ struct PluginUse {
   std::string plugin;
   std::string key_path;   // "task", "hooks[1]"
   std::string state_key;  // where its state lives: "task", or a hook's `key` (default: the plugin name)
-  toml::table options;    // without the reserved keys "plugin" and "key"
+  toml::table options;    // without the reserved keys "plugin", "key" and "on_error"
+  /// Hooks: what a failure of one of its events does (abort | disable | warn).
+  std::string on_error = "abort";
 };
 
 struct OptimizerSpec {
@@ -70,9 +72,10 @@ struct RunSpec {
 /// Parses `file` and applies `--set key.path=value` overrides. Throws SpecError.
 toml::table parse_spec(const std::string& file, const std::vector<std::string>& overrides);
 
-/// The validated `[plugins] paths` (defaults filled in `root`), relative ones
-/// resolved against the spec's directory. Throws SpecError.
-std::vector<std::string> spec_plugin_paths(toml::table& root, const std::string& file);
+/// Where the spec's plugins are searched: the default directories, then the
+/// validated `[plugins] paths` (defaults filled in `root`; relative ones
+/// resolved against the spec's directory), and `allow_insecure`. Throws SpecError.
+PluginSearch spec_plugin_search(toml::table& root, const std::string& file);
 
 /// Validates everything, fills defaults and returns the typed spec. Throws
 /// SpecError listing every problem. Pass the parsed table by move: a copy of a

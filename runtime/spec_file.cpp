@@ -75,7 +75,7 @@ toml::table parse_spec(const std::string& file, const std::vector<std::string>& 
   return root;
 }
 
-std::vector<std::string> spec_plugin_paths(toml::table& root, const std::string& file) {
+PluginSearch spec_plugin_search(toml::table& root, const std::string& file) {
   std::vector<std::string> problems;
   if (!root.contains("plugins")) root.insert("plugins", toml::table{});
   toml::table* plugins = root.get("plugins")->as_table();
@@ -83,13 +83,15 @@ std::vector<std::string> spec_plugin_paths(toml::table& root, const std::string&
     throw SpecError({where(root.get("plugins")->source(), file) + ": plugins: expected a table ([plugins])"});
   validate_table(*plugins, core_schema("plugins"), "plugins", problems);
   if (!problems.empty()) throw SpecError(problems);
-  std::vector<std::string> out;
+  PluginSearch search;
+  search.dirs = default_plugin_dirs();
   const fs::path base = fs::path(file).parent_path();
   for (const auto& p : *(*plugins)["paths"].as_array()) {
     fs::path path(p.as_string()->get());
-    out.push_back((path.is_absolute() ? path : base / path).lexically_normal().string());
+    search.named_dirs.push_back((path.is_absolute() ? path : base / path).lexically_normal());
   }
-  return out;
+  search.allow_insecure = (*plugins)["allow_insecure"].value_or(false);
+  return search;
 }
 
 }  // namespace tloop

@@ -9,11 +9,22 @@
 #include <algorithm>
 #include <map>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 using test::TempDir;
 
 namespace {
 
 std::string bad(const std::string& name) { return std::string(TLOOP_BAD_PLUGIN_DIR) + "/" + name + ".so"; }
+
+// The default plugin directories and `named`.
+tloop::PluginSearch search(const std::vector<std::filesystem::path>& named) {
+  tloop::PluginSearch s;
+  s.dirs = tloop::default_plugin_dirs();
+  s.named_dirs = named;
+  return s;
+}
 
 std::string load_error(const std::string& file) {
   tloop::Catalog catalog;
@@ -220,12 +231,12 @@ TEST_CASE("a hook declares its phase, hooks that declare none update, and an unk
   const std::string msg = load_error(bad("bad_phase"));
   CHECK(msg == bad("bad_phase") + ": plugin 'bad_phase' declares phase 9, not a tloop_hook_phase (0 to 5)");
   // Built against the frozen 1.2 header, which has no phase: update.
-  const tloop::Catalog frozen = tloop::load_catalog({TLOOP_TEST_PLUGIN_DIR});
+  const tloop::Catalog frozen = tloop::load_catalog(search({TLOOP_TEST_PLUGIN_DIR}));
   CHECK(frozen.find("frozen_v1_2_hook")->phase == TLOOP_PHASE_UPDATE);
 }
 
 TEST_CASE("every permutation of the default hooks and checkpointing runs measure, update, log, then save") {
-  const tloop::Catalog catalog = tloop::load_catalog({});
+  const tloop::Catalog catalog = tloop::load_catalog(search({}));
   const toml::table spec = toml::parse_file(std::string(TLOOP_SOURCE_DIR) + "/configs/default.toml");
   std::vector<std::string> names;
   for (const auto& hook : *spec["hooks"].as_array()) names.push_back(*(*hook.as_table())["plugin"].value<std::string>());
@@ -286,4 +297,99 @@ TEST_CASE("a plugin whose info() throws is refused with exit code 2, naming the 
   CHECK(r.output.find("tloop plugin: the entry point failed: info() could not describe the plugin") != std::string::npos);
   CHECK(r.output.find((dir / "plugins" / "info_throws.so").string() + ": the entry point returned no valid library record") !=
         std::string::npos);
+}
+
+namespace {
+namespace fs = std::filesystem;
+
+// A plugin directory under `dir` holding a copy of the good C hook.
+fs::path plugin_dir(const TempDir& dir, const std::string& name) {
+  const fs::path d = dir / name;
+  fs::create_directories(d);
+  fs::permissions(d, fs::perms(0755));
+  fs::copy_file(bad("good_c_hook"), d / "good_c_hook.so");
+  fs::permissions(d / "good_c_hook.so", fs::perms(0755));
+  return d;
+}
+
+// `tloop validate` and `tloop run` of a spec whose [plugins] table is `plugins`:
+// both must give `code` and `message`, and a refused run writes nothing.
+void check_validate_and_run(const TempDir& dir, const std::string& plugins, int code, const std::string& message) {
+  test::write_file(dir / "spec.toml", "[plugins]\n" + plugins + "\n[run]\nworkspace = \"" + (dir / "ws").string() +
+                                          "\"\n[trainer]\nmax_steps = 2\n[task]\nplugin = \"regression_mlp\"\n"
+                                          "[[hooks]]\nplugin = \"good_c_hook\"\n");
+  for (const char* command : {" validate ", " run "}) {
+    const auto r = test::run_command(test::cli() + command + (dir / "spec.toml").string() + " 2>&1");
+    INFO(command, r.output);
+    CHECK(r.exit_code == code);
+    CHECK(r.output.find(message) != std::string::npos);
+  }
+  if (code != 0) CHECK_FALSE(fs::exists(dir / "ws"));
+}
+
+std::string paths(const fs::path& d) { return "paths = [\"" + d.string() + "\"]"; }
+}  // namespace
+
+TEST_CASE("plugins that other users can write or own are refused unless allow_insecure, group-writable ones warn") {
+  TempDir dir;
+  SUBCASE("a directory writable by every user") {
+    const fs::path d = plugin_dir(dir, "open");
+    fs::permissions(d, fs::perms(0777));
+    const std::string why = "plugin directory " + d.string() +
+                            " is writable by every user (mode 0777): anyone could put code there that tloop would "
+                            "run; fix it with chmod o-w " + d.string() + ", or set [plugins] allow_insecure = true";
+    check_validate_and_run(dir, paths(d), 2, why);
+    const auto listed = test::run_command(test::cli() + " plugins --path " + d.string() + " 2>&1");
+    CHECK(listed.exit_code == 2);
+    CHECK(listed.output.find(why) != std::string::npos);
+    // Told to, it loads them, and still says what is unsafe.
+    check_validate_and_run(dir, paths(d) + "\nallow_insecure = true", 0, "(loaded: [plugins] allow_insecure = true)");
+    CHECK(test::run_command(test::cli() + " plugins --allow-insecure --path " + d.string()).exit_code == 0);
+  }
+  SUBCASE("a library writable by every user, in a safe directory") {
+    const fs::path d = plugin_dir(dir, "safe");
+    fs::permissions(d / "good_c_hook.so", fs::perms(0666));
+    check_validate_and_run(dir, paths(d), 2,
+                           "plugin library " + (d / "good_c_hook.so").string() +
+                               " is writable by every user (mode 0666)");
+  }
+  SUBCASE("a group-writable directory loads with a warning (clusters use umask 002)") {
+    const fs::path d = plugin_dir(dir, "group");
+    fs::permissions(d, fs::perms(0775));
+    check_validate_and_run(dir, paths(d), 0,
+                           "plugin directory " + d.string() + " is writable by its group (mode 0775): loaded");
+  }
+  SUBCASE("a directory owned by another user than you or root") {
+    const fs::path d = plugin_dir(dir, "theirs");
+    if (::getuid() != 0) {
+      MESSAGE("not root: this subcase cannot give a directory to another user, so it checks nothing");
+    } else {
+      REQUIRE(::chown(d.c_str(), 65534, static_cast<gid_t>(-1)) == 0);  // nobody
+      check_validate_and_run(dir, paths(d), 2, "plugin directory " + d.string() + " is owned by ");
+      check_validate_and_run(dir, paths(d), 2, "(uid 65534), neither you nor root");
+    }
+  }
+}
+
+TEST_CASE("a plugin path that is missing, a file or a symbolic link loop is named, in validate and run alike") {
+  TempDir dir;
+  SUBCASE("missing") {
+    check_validate_and_run(dir, paths(dir / "nowhere"), 2,
+                           "plugin directory " + (dir / "nowhere").string() + ": no such directory");
+  }
+  SUBCASE("a file") {
+    test::write_file(dir / "file", "x");
+    check_validate_and_run(dir, paths(dir / "file"), 2, "plugin directory " + (dir / "file").string() + ": not a directory");
+  }
+  SUBCASE("a symbolic link loop") {
+    fs::create_directory_symlink(dir / "loop", dir / "loop");
+    check_validate_and_run(dir, paths(dir / "loop"), 2,
+                           "plugin directory " + (dir / "loop").string() + ": Too many levels of symbolic links");
+  }
+  SUBCASE("a library that is a symbolic link loop") {
+    const fs::path d = plugin_dir(dir, "links");
+    fs::create_symlink(d / "self.so", d / "self.so");
+    check_validate_and_run(dir, paths(d), 2,
+                           (d / "self.so").string() + ": cannot be loaded: Too many levels of symbolic links");
+  }
 }

@@ -31,22 +31,21 @@ std::string type_name(tloop_value_type t) {
   return "?";
 }
 
-int list_plugins(const std::vector<std::string>& extra_dirs) {
+int list_plugins(const tloop::PluginSearch& search) {
   tloop::Catalog catalog;
-  std::vector<std::filesystem::path> dirs = tloop::default_plugin_dirs();
-  for (const auto& d : extra_dirs) dirs.emplace_back(d);
-  const auto problems = catalog.scan(dirs);
+  const auto problems = catalog.scan(search);
+  const size_t searched = search.dirs.size() + search.named_dirs.size();
   std::printf("%-20s %-5s %-9s %s\n", "NAME", "KIND", "VERSION", "FILE");
   for (const auto* p : catalog.plugins())
     std::printf("%-20s %-5s %-9s %s\n", p->name.c_str(), tloop::kind_name(p->kind), p->version.c_str(),
                 p->file.c_str());
-  if (catalog.plugins().empty()) std::printf("(no plugins found; searched %zu directories)\n", dirs.size());
+  if (catalog.plugins().empty()) std::printf("(no plugins found; searched %zu directories)\n", searched);
   for (const auto& problem : problems) tloop::log::error(problem);
   return problems.empty() ? 0 : tloop::kExitBadInput;
 }
 
-int describe(const std::string& name, const std::vector<std::string>& extra_dirs) {
-  const tloop::Catalog catalog = tloop::load_catalog(extra_dirs);
+int describe(const std::string& name, const tloop::PluginSearch& search) {
+  const tloop::Catalog catalog = tloop::load_catalog(search);
   const tloop::LoadedPlugin* p = catalog.find(name);
   if (p == nullptr) {
     std::vector<std::string> names = catalog.names(TLOOP_KIND_HOOK);
@@ -104,13 +103,18 @@ int main(int argc, char** argv) {
   validate->add_flag("--print", print_resolved, "print the resolved spec (defaults filled)");
 
   std::vector<std::string> plugin_dirs;
+  bool allow_insecure = false;
   auto* plugins = app.add_subcommand("plugins", "List the plugins found on the plugin path");
   plugins->add_option("--path", plugin_dirs, "extra plugin directory (repeatable)");
+  plugins->add_flag("--allow-insecure", allow_insecure,
+                    "load from directories and files other users can write or own ([plugins] allow_insecure)");
 
   std::string plugin_name;
   auto* describe_cmd = app.add_subcommand("describe", "Show a plugin's options, types, defaults and docs");
   describe_cmd->add_option("plugin", plugin_name, "plugin name")->required();
   describe_cmd->add_option("--path", plugin_dirs, "extra plugin directory (repeatable)");
+  describe_cmd->add_flag("--allow-insecure", allow_insecure,
+                         "load from directories and files other users can write or own ([plugins] allow_insecure)");
 
   std::string new_kind, new_name;
   auto* new_cmd = app.add_subcommand("new", "Create a plugin project: tloop new hook|task NAME");
@@ -143,10 +147,12 @@ int main(int argc, char** argv) {
       if (print_resolved) std::cout << tloop::to_toml(r->spec().resolved);
       std::cout << validate_options.spec_file << ": OK (task " << r->spec().task.plugin << ", "
                 << r->spec().hooks.size() << " hooks, " << r->spec().max_steps << " steps)" << std::endl;
-    } else if (*plugins) {
-      code = list_plugins(plugin_dirs);
-    } else if (*describe_cmd) {
-      code = describe(plugin_name, plugin_dirs);
+    } else if (*plugins || *describe_cmd) {
+      tloop::PluginSearch search;
+      search.dirs = tloop::default_plugin_dirs();
+      for (const auto& d : plugin_dirs) search.named_dirs.emplace_back(d);
+      search.allow_insecure = allow_insecure;
+      code = *plugins ? list_plugins(search) : describe(plugin_name, search);
     } else if (*new_cmd) {
       std::cout << tloop::scaffold_plugin(new_kind, new_name)
                 << "Build it against the installed tloop:\n  cmake -S " << new_name << " -B " << new_name
