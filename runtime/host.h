@@ -35,6 +35,14 @@ class PluginBadInput : public PluginError {
   using PluginError::PluginError;
 };
 
+/// A hook failed inside a call of another plugin (on_log within a log call):
+/// the message names the hook that failed, whose on_error policy already
+/// chose to abort, so the caller's policy does not apply.
+class NestedPluginError : public PluginError {
+ public:
+  using PluginError::PluginError;
+};
+
 /// A plugin refused its options when created: bad input too.
 class PluginCreateError : public PluginBadInput {
  public:
@@ -154,6 +162,14 @@ class Host {
   /// Plugin calls in progress (a plugin's call into the host can call plugins).
   int& call_depth() { return call_depth_; }
 
+  /// Why the run ends, for hooks' finish (tloop.run_failure/1): the error,
+  /// and the complete step the state holds when it can still be saved.
+  void set_run_failure(std::string error, std::optional<int64_t> resumable_step) {
+    run_error_ = std::move(error);
+    resumable_step_ = resumable_step;
+    if (resumable_step) step_ = *resumable_step;
+  }
+
  private:
   RunInfo info_;
   tloop_context context_;
@@ -178,6 +194,8 @@ class Host {
   std::string host_error_;  // the last host function failure, for tloop.host_errors/1
   std::optional<std::string> nested_failure_;
   int call_depth_ = 0;
+  std::optional<std::string> run_error_;
+  std::optional<int64_t> resumable_step_;
   friend struct HostApi;
 };
 

@@ -387,13 +387,23 @@ struct HostApi {
   // ---- tloop.host_errors/1
   static const char* last_error(tloop_host* h) { return H(h).host_error_.c_str(); }
 
+  // ---- tloop.run_failure/1
+  static const char* run_error(tloop_host* h) { return H(h).run_error_ ? H(h).run_error_->c_str() : nullptr; }
+  static int32_t resumable_step(tloop_host* h, int64_t* step) {
+    if (!H(h).resumable_step_ || step == nullptr) return 0;
+    *step = *H(h).resumable_step_;
+    return 1;
+  }
+
   static const void* get_extension(tloop_host*, const char* id) {
     static const tloop_step_outputs_v1 step_outputs = {sizeof(tloop_step_outputs_v1), &add_loss, &record_tensor,
                                                        &publish, &published, &visit_published};
     static const tloop_host_errors_v1 host_errors = {sizeof(tloop_host_errors_v1), &last_error};
+    static const tloop_run_failure_v1 run_failure = {sizeof(tloop_run_failure_v1), &run_error, &resumable_step};
     if (id == nullptr) return nullptr;
     if (std::strcmp(id, TLOOP_STEP_OUTPUTS_ID) == 0) return &step_outputs;
     if (std::strcmp(id, TLOOP_HOST_ERRORS_ID) == 0) return &host_errors;
+    if (std::strcmp(id, TLOOP_RUN_FAILURE_ID) == 0) return &run_failure;
     return nullptr;
   }
 

@@ -54,33 +54,62 @@ void PluginInstance::fail(const char* event, tloop_status status) {
   std::string own = host_.take_error();
   if (host_.call_depth() == 0)
     if (auto nested = host_.take_nested_failure())  // the author is the hook that failed inside
-      throw PluginError(*nested + " (while " + label_ + " was in " + event + ")");
+      throw NestedPluginError(*nested + " (while " + label_ + " was in " + event + ")");
   if (status == TLOOP_INVALID_ARGUMENT) throw PluginBadInput(label_ + " refused its input in " + event + ": " + own);
   throw PluginError(label_ + " failed in " + event + ": " + own);
 }
 
+OnError on_error_from(const std::string& name) {
+  if (name == "disable") return OnError::kDisable;
+  if (name == "warn") return OnError::kWarn;
+  if (name == "abort") return OnError::kAbort;
+  throw std::invalid_argument("on_error must be abort, disable or warn, got '" + name + "'");
+}
+
 HookInstance::HookInstance(const LoadedPlugin& plugin, Host& host, const toml::table& options, std::string label,
-                           std::string state_key)
+                           std::string state_key, OnError on_error)
     : PluginInstance(plugin, host, options, std::move(label)),
       vt_(plugin.descriptor->hook),
+      on_error_(on_error),
       state_prefix_(TLOOP_STATE_HOOKS + state_key + "/"),
       micro_events_(find_extension<tloop_micro_step_events_v1>(plugin, vt_, TLOOP_MICRO_STEP_EVENTS_ID)) {}
-void HookInstance::after_forward(int64_t micro_step) { call("after_forward", micro_events_->after_forward, micro_step); }
+
+template <class Fn, class... Args>
+void HookInstance::event(const char* name, Fn fn, Args... args) {
+  if (disabled_) return;
+  if (on_error_ == OnError::kAbort) return call(name, fn, args...);
+  try {
+    call(name, fn, args...);
+  } catch (const PluginBadInput&) {
+    throw;  // the spec's to fix, as at validation: exit 2 whatever the policy
+  } catch (const NestedPluginError&) {
+    throw;  // a hook failed inside this one's call, and its own policy aborts
+  } catch (const PluginError& e) {
+    if (on_error_ == OnError::kWarn) {
+      failures_(str(e.what(), " (on_error = \"warn\": the hook goes on)"));
+      return;
+    }
+    disabled_ = true;
+    log::error(str(e.what(), "; ", label_, " gets no more events in this run (on_error = \"disable\")"));
+  }
+}
+
+void HookInstance::after_forward(int64_t micro_step) { event("after_forward", micro_events_->after_forward, micro_step); }
 void HookInstance::before_backward(int64_t micro_step) {
-  call("before_backward", micro_events_->before_backward, micro_step);
+  event("before_backward", micro_events_->before_backward, micro_step);
 }
 void HookInstance::after_backward(int64_t micro_step) {
-  call("after_backward", micro_events_->after_backward, micro_step);
+  event("after_backward", micro_events_->after_backward, micro_step);
 }
 
 void HookInstance::resume() { call("resume", TLOOP_VT(vt_, tloop_hook_vtable, resume)); }
-void HookInstance::before_train() { call("before_train", TLOOP_VT(vt_, tloop_hook_vtable, before_train)); }
-void HookInstance::before_step() { call("before_step", TLOOP_VT(vt_, tloop_hook_vtable, before_step)); }
+void HookInstance::before_train() { event("before_train", TLOOP_VT(vt_, tloop_hook_vtable, before_train)); }
+void HookInstance::before_step() { event("before_step", TLOOP_VT(vt_, tloop_hook_vtable, before_step)); }
 void HookInstance::before_optimizer_step() {
-  call("before_optimizer_step", TLOOP_VT(vt_, tloop_hook_vtable, before_optimizer_step));
+  event("before_optimizer_step", TLOOP_VT(vt_, tloop_hook_vtable, before_optimizer_step));
 }
-void HookInstance::after_step() { call("after_step", TLOOP_VT(vt_, tloop_hook_vtable, after_step)); }
-void HookInstance::after_train() { call("after_train", TLOOP_VT(vt_, tloop_hook_vtable, after_train)); }
+void HookInstance::after_step() { event("after_step", TLOOP_VT(vt_, tloop_hook_vtable, after_step)); }
+void HookInstance::after_train() { event("after_train", TLOOP_VT(vt_, tloop_hook_vtable, after_train)); }
 void HookInstance::finish(int exit_code) noexcept {
   try {
     call("finish", TLOOP_VT(vt_, tloop_hook_vtable, finish), static_cast<int32_t>(exit_code));
@@ -89,10 +118,10 @@ void HookInstance::finish(int exit_code) noexcept {
   }
 }
 void HookInstance::on_log(const tloop_metric* metrics, size_t count) {
-  call("on_log", TLOOP_VT(vt_, tloop_hook_vtable, on_log), metrics, count);
+  event("on_log", TLOOP_VT(vt_, tloop_hook_vtable, on_log), metrics, count);
 }
 void HookInstance::on_log_images(const tloop_image* images, size_t count) {
-  call("on_log_images", TLOOP_VT(vt_, tloop_hook_vtable, on_log_images), images, count);
+  event("on_log_images", TLOOP_VT(vt_, tloop_hook_vtable, on_log_images), images, count);
 }
 void HookInstance::state_dict(StateDict& out) {
   tloop_state s{&out, nullptr, state_prefix_, nullptr};

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "host.h"
+#include "log.h"
 
 #include <memory>
 #include <optional>
@@ -68,12 +69,25 @@ class PluginInstance {
   void* self_ = nullptr;
 };
 
+/// What a failure of one of a hook's events does (the spec's `on_error`).
+/// Only the training events follow it: a refused input (exit 2), a failure
+/// in resume, state_dict or load_state_dict (a checkpoint is whole or not
+/// written) and one inside another plugin's call always abort.
+enum class OnError {
+  kAbort,    // the run ends; every hook gets finish
+  kDisable,  // logged once; the hook gets no more events but finish and its state's
+  kWarn,     // logged (rate-limited); the hook keeps getting events
+};
+OnError on_error_from(const std::string& name);  // "abort" | "disable" | "warn"
+
 class HookInstance : public PluginInstance {
  public:
   /// `state_key`: where its state lives in the run state ("hooks/<key>/").
   HookInstance(const LoadedPlugin& plugin, Host& host, const toml::table& options, std::string label,
-               std::string state_key);
+               std::string state_key, OnError on_error = OnError::kAbort);
   tloop_hook_phase phase() const { return plugin_.phase; }
+  /// Disabled after a failure under on_error = "disable".
+  bool disabled() const { return disabled_; }
   void resume();
   void before_train();
   void before_step();
@@ -93,7 +107,14 @@ class HookInstance : public PluginInstance {
   void after_backward(int64_t micro_step);
 
  private:
+  /// A training event: call() under the hook's on_error policy.
+  template <class Fn, class... Args>
+  void event(const char* name, Fn fn, Args... args);
+
   const tloop_hook_vtable* vt_;
+  OnError on_error_;
+  bool disabled_ = false;
+  log::RepeatedWarning failures_;
   std::string state_prefix_;  // "hooks/<state key>/"
   const tloop_micro_step_events_v1* micro_events_ = nullptr;
 };

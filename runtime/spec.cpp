@@ -78,12 +78,27 @@ std::optional<PluginUse> plugin_use(toml::table& t, const std::string& key_path,
         state_key = k->as_string()->get();
     }
   }
+  std::string on_error = "abort";
+  if (kind == TLOOP_KIND_HOOK)
+    if (const toml::node* e = t.get("on_error")) {
+      static const std::vector<std::string> policies = {"abort", "disable", "warn"};
+      const std::string v = e->is_string() ? e->as_string()->get() : "";
+      if (std::find(policies.begin(), policies.end(), v) == policies.end()) {
+        std::string msg = where(e->source(), file) + ": " + key_path + ".on_error: must be one of abort, disable, warn";
+        msg += e->is_string() ? ", got \"" + v + "\"" : ", got " + describe(*e);
+        if (const std::string s = e->is_string() ? closest_match(v, policies) : ""; !s.empty())
+          msg += "; did you mean '" + s + "'?";
+        problems.push_back(msg);
+      } else {
+        on_error = v;
+      }
+    }
   validate_table(t, plugin->schema, key_path, problems,
-                 kind == TLOOP_KIND_HOOK ? std::vector<std::string>{"plugin", "key"} : std::vector<std::string>{"plugin"});
+                 kind == TLOOP_KIND_HOOK ? std::vector<std::string>{"plugin", "key", "on_error"}
+                                         : std::vector<std::string>{"plugin"});
   if (problems.size() != before) return std::nullopt;
-  PluginUse use{name, key_path, state_key, t};
-  use.options.erase("plugin");
-  use.options.erase("key");
+  PluginUse use{name, key_path, state_key, t, on_error};
+  for (const char* reserved : {"plugin", "key", "on_error"}) use.options.erase(reserved);
   return use;
 }
 

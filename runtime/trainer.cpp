@@ -101,11 +101,34 @@ void Trainer::train() {
   try {
     run_steps();
   } catch (...) {
-    const int code = exit_code_of(std::current_exception());
+    const std::exception_ptr error = std::current_exception();
+    const int code = exit_code_of(error);
+    try {
+      std::rethrow_exception(error);
+    } catch (const ExitRequested&) {  // ends the run without an error
+    } catch (const Interrupted&) {
+    } catch (const std::exception& e) {
+      host_.set_run_failure(e.what(), resumable_step());
+    } catch (...) {
+      host_.set_run_failure("unknown error", std::nullopt);
+    }
     for (auto& hook : hooks_) hook->finish(code);
     throw;
   }
   for (auto& hook : hooks_) hook->finish(0);
+}
+
+std::optional<int64_t> Trainer::resumable_step() const {
+  if (!boundary_) return std::nullopt;
+  std::vector<at::Tensor> state;
+  for (const auto* list : {&host_.parameters(), &host_.buffers()})
+    for (const auto& [name, t] : *list)
+      if (at::isFloatingType(t.scalar_type())) state.push_back(t.detach());
+  if (!std::isfinite(total_grad_norm(state, INFINITY).item<double>())) {
+    log::warn(str("step ", *boundary_, ": the weights are not finite, so the run's state is not offered for saving"));
+    return std::nullopt;
+  }
+  return boundary_;
 }
 
 void Trainer::run_steps() {
@@ -127,7 +150,9 @@ void Trainer::run_steps() {
     run_step();
   }
   if (auto code = host_.exit_requested()) throw ExitRequested(*code);
+  boundary_ = host_.step();
   for_each_hook(&HookInstance::after_train);
+  boundary_.reset();
 }
 
 void Trainer::run_step() {
@@ -138,7 +163,9 @@ void Trainer::run_step() {
   StepInfo& info = host_.step_info();
   const int64_t epochs_before = batches_per_epoch_ ? epochs_done() : 0;
   if (batches_per_epoch_) info[TLOOP_INFO_EPOCH].push_back(static_cast<double>(epochs_before));
+  boundary_ = host_.step() - 1;
   for_each_hook(&HookInstance::before_step);
+  boundary_.reset();
 
   int64_t retries = 0;
   for (;;) {
@@ -196,7 +223,12 @@ void Trainer::run_step() {
   // pending when after_step began, so every hook's after_step saw it (a
   // checkpointing hook saves on it); a later one waits for the next step.
   boundary_signal_ = pending_signal();
-  for_each_hook(&HookInstance::after_step);
+  for (auto& hook : hooks_) {
+    const bool state_done = hook->phase() == TLOOP_PHASE_LOG || hook->phase() == TLOOP_PHASE_SAVE;
+    boundary_ = state_done ? std::optional<int64_t>(host_.step()) : std::nullopt;
+    hook->after_step();
+  }
+  boundary_.reset();
 }
 
 void Trainer::accumulate() {

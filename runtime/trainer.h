@@ -68,6 +68,9 @@ class Trainer {
   int64_t epochs_done() const { return batches_ / *batches_per_epoch_; }
   at::Tensor total_grad_norm(const std::vector<at::Tensor>& grads, double norm_type) const;
   void for_each_hook(void (HookInstance::*event)());
+  /// The complete step a checkpoint taken now would resume exactly: the step
+  /// boundary the failing event ran at, when the weights are finite.
+  std::optional<int64_t> resumable_step() const;
   /// Acts on a signal that arrives in the middle of a step: the step goes on
   /// to its end (where a hook may save it) for signal_grace seconds; past
   /// them, or while it retries, it is abandoned (throws Interrupted).
@@ -84,6 +87,10 @@ class Trainer {
   std::optional<int64_t> batches_per_epoch_;    // the task's epoch length, when it declares one
   int64_t batches_ = 0;
   int boundary_signal_ = 0;                      // pending when the last after_step began
+  // While a hook event runs at a step boundary, the complete step the state
+  // holds: in before_step (the previous step), in after_step for hooks of the
+  // log and save phases (every state-updating phase is done), in after_train.
+  std::optional<int64_t> boundary_;
   std::unique_ptr<GradScaler> scaler_;
   bool warned_none_loss_ = false;
   std::optional<std::chrono::steady_clock::time_point> signal_seen_;  // first seen mid-step

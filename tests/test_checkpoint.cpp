@@ -462,7 +462,7 @@ TEST_CASE("a signal that arrives while the hooks finish a step is saved with tha
   CHECK(test::last_logged_step(ws / "metrics.jsonl") == 3);  // logged before the save, and no step after
 }
 
-TEST_CASE("a checkpoint the model does not fit is refused with the host's reason, not only the hook's") {
+TEST_CASE("a checkpoint the model does not fit is bad input, refused with the first mismatched tensor and both shapes") {
   TempDir dir;
   auto spec = [&](int hidden) {
     return "[run]\nworkspace = \"" + (dir / "ws").string() + "\"\n[trainer]\nmax_steps = " + std::to_string(hidden / 2) +
@@ -471,11 +471,19 @@ TEST_CASE("a checkpoint the model does not fit is refused with the host's reason
   };
   test::train(dir, spec(8));
   CHECK_THROWS_WITH_AS(test::train(dir, spec(16)),
-                       ("hooks[0] (checkpointing) failed in resume: cannot restore " +
+                       ("hooks[0] (checkpointing) refused its input in resume: cannot restore " +
                         (dir / "ws" / "checkpoints" / "4").string() +
-                        ": run_load_state_dict: model/fc1.weight has shape [8, 8] in the checkpoint but [16, 8] in the model")
+                        ": run_load_state_dict: model/fc1.weight has shape [8, 8] in the checkpoint but [16, 8] in the "
+                        "model (a checkpoint of another model or spec? point load at a matching one, or start over "
+                        "with load = \"none\" and overwrite = true)")
                            .c_str(),
-                       tloop::PluginError);
+                       tloop::PluginBadInput);
+  // The CLI exits 2 and keeps the checkpoint.
+  test::write_file(dir / "wide.toml", spec(16));
+  const auto out = test::run_command(test::cli() + " run " + (dir / "wide.toml").string() + " 2>&1");
+  INFO(out.output);
+  CHECK(out.exit_code == 2);
+  CHECK(test::latest_step(dir / "ws") == 4);
 }
 
 TEST_CASE("keep_previous, keep_interval and keep_steps prune step by step") {

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <set>
+#include <stdexcept>
 
 namespace {
 
@@ -28,7 +29,15 @@ class EventRecorder : public tloop::Hook {
              tloop::option("exit_code", 0, "the exit code exit_at asks for"),
              tloop::option("fail_on_log", false, "on_log fails with 'recorder failure in on_log'"),
              tloop::option("raise_at", 0, "after_step of this step raises SIGTERM in the process (0: never)")
-                 .at_least(0)}};
+                 .at_least(0),
+             tloop::option("fail_at", 0, "the event fail_in fails at this step (0: never)").at_least(0),
+             tloop::option("fail_in", "after_step", "the event that fails at fail_at")
+                 .one_of({"before_train", "before_step", "before_optimizer_step", "after_step", "after_train"}),
+             tloop::option("fail_after", false, "fail_in fails at fail_at and at every later step too"),
+             tloop::option("fail_as_bad_input", false, "the failure is a refused input (std::invalid_argument)"),
+             tloop::option("report_failure", false,
+                           "in finish, also write '<label> failure <resumable step> <error>' "
+                           "(tloop.run_failure/1)")}};
   }
   EventRecorder(tloop::Context&, const tloop::Options& o)
       : out_(o.get_string("file"), std::ios::app),
@@ -39,7 +48,12 @@ class EventRecorder : public tloop::Hook {
         exit_at_(o.get_int("exit_at")),
         exit_code_(static_cast<int>(o.get_int("exit_code"))),
         fail_on_log_(o.get_bool("fail_on_log")),
-        raise_at_(o.get_int("raise_at")) {
+        raise_at_(o.get_int("raise_at")),
+        fail_at_(o.get_int("fail_at")),
+        fail_in_(o.get_string("fail_in")),
+        fail_after_(o.get_bool("fail_after")),
+        fail_as_bad_input_(o.get_bool("fail_as_bad_input")),
+        report_failure_(o.get_bool("report_failure")) {
     if (!out_) throw tloop::Error("cannot open " + o.get_string("file"));
   }
 
@@ -47,11 +61,19 @@ class EventRecorder : public tloop::Hook {
     if (!query_extension_.empty())
       write(c, "extension", " " + query_extension_ + (c.extension(query_extension_.c_str()) ? " present" : " absent"));
     write(c, "before_train");
+    maybe_fail(c, "before_train");
   }
-  void before_step(tloop::Context& c) override { write(c, "before_step"); }
-  void before_optimizer_step(tloop::Context& c) override { write(c, "before_optimizer_step"); }
+  void before_step(tloop::Context& c) override {
+    write(c, "before_step");
+    maybe_fail(c, "before_step");
+  }
+  void before_optimizer_step(tloop::Context& c) override {
+    write(c, "before_optimizer_step");
+    maybe_fail(c, "before_optimizer_step");
+  }
   void after_step(tloop::Context& c) override {
     write(c, "after_step");
+    maybe_fail(c, "after_step");
     if (exit_at_ > 0 && c.step() == exit_at_) c.request_exit(exit_code_);
     if (raise_at_ > 0 && c.step() == raise_at_) std::raise(SIGTERM);
     if (!list_dir_.empty()) {
@@ -73,8 +95,14 @@ class EventRecorder : public tloop::Hook {
     }
     out_.flush();
   }
-  void after_train(tloop::Context& c) override { write(c, "after_train"); }
-  void finish(tloop::Context& c, int exit_code) override { write(c, "finish", " " + std::to_string(exit_code)); }
+  void after_train(tloop::Context& c) override {
+    write(c, "after_train");
+    maybe_fail(c, "after_train");
+  }
+  void finish(tloop::Context& c, int exit_code) override {
+    write(c, "finish", " " + std::to_string(exit_code));
+    if (report_failure_) write(c, "failure", " " + std::to_string(c.resumable_step()) + " " + c.run_error());
+  }
   void on_log(tloop::Context& c, const tloop::Metrics& m) override {
     write(c, "on_log", m.empty() ? "" : " " + m.front().first);
     if (fail_on_log_) throw tloop::Error("recorder failure in on_log");
@@ -88,6 +116,13 @@ class EventRecorder : public tloop::Hook {
     out_ << label_ << ' ' << event << ' ' << c.step() << extra << '\n';
     out_.flush();
   }
+  void maybe_fail(tloop::Context& c, const char* event) {
+    if (fail_at_ == 0 || fail_in_ != event || !(c.step() == fail_at_ || (fail_after_ && c.step() > fail_at_))) return;
+    const std::string what = "recorder failure in " + fail_in_ + " at step " + std::to_string(c.step());
+    if (fail_as_bad_input_) throw std::invalid_argument(what);
+    throw tloop::Error(what);
+  }
+
   std::ofstream out_;
   std::string label_;
   bool step_info_;
@@ -97,6 +132,9 @@ class EventRecorder : public tloop::Hook {
   int exit_code_;
   bool fail_on_log_;
   int64_t raise_at_;
+  int64_t fail_at_;
+  std::string fail_in_;
+  bool fail_after_, fail_as_bad_input_, report_failure_;
 };
 
 }  // namespace

@@ -495,6 +495,30 @@ typedef struct tloop_host_errors_v1 {
   const char* (*last_error)(tloop_host* host);
 } tloop_host_errors_v1;
 
+/* ---------------------------------------------------------------- run failure (host)
+ *
+ * For hooks in `finish(exit_code)`: why the run ends, and whether its state
+ * can still be saved.
+ *   error           the error that ends the run ("hooks[2] (wandb) failed in
+ *                   after_step: ..."), or NULL when it ends without one
+ *                   (success, a signal, an exit request). BORROWED until
+ *                   finish returns.
+ *   resumable_step  1 with *step set when the run ends with an error at a
+ *                   step boundary: the weights (all finite), the optimizer,
+ *                   the data position and every hook of the measure, update,
+ *                   evaluate and monitor phases hold step *step complete, so
+ *                   a checkpoint taken in finish resumes as if the run had
+ *                   stopped after that step (the checkpointing hook's
+ *                   emergency save). 0 otherwise: no error, an error in the
+ *                   middle of a step, or weights that are not finite.
+ * The host's step() reads *step then too. */
+#define TLOOP_RUN_FAILURE_ID "tloop.run_failure/1"
+typedef struct tloop_run_failure_v1 {
+  uint32_t struct_size;
+  const char* (*error)(tloop_host* host);
+  int32_t (*resumable_step)(tloop_host* host, int64_t* step);
+} tloop_run_failure_v1;
+
 /* ---------------------------------------------------------------- micro-step events (hook)
  *
  * A hook that offers this extension gets three more events per micro-step,

@@ -273,6 +273,20 @@ class Context {
     const auto* ext = static_cast<const tloop_host_errors_v1*>(extension(TLOOP_HOST_ERRORS_ID));
     return ext ? ext->last_error(host_) : "";
   }
+  /// In finish: the error that ends the run, or "" when it ends without one
+  /// (tloop.run_failure/1; "" on a host without it).
+  std::string run_error() const {
+    const auto* ext = static_cast<const tloop_run_failure_v1*>(extension(TLOOP_RUN_FAILURE_ID));
+    const char* e = ext ? ext->error(host_) : nullptr;
+    return e ? e : "";
+  }
+  /// In finish, after an error: the complete step the run's state holds when
+  /// a checkpoint of it would resume exactly, else -1 (tloop.run_failure/1).
+  int64_t resumable_step() const {
+    const auto* ext = static_cast<const tloop_run_failure_v1*>(extension(TLOOP_RUN_FAILURE_ID));
+    int64_t step = -1;
+    return ext && ext->resumable_step(host_, &step) ? step : -1;
+  }
   /// Throws `what` with the host's reason appended when `status` is a failure.
   void check(tloop_status status, const std::string& what) const {
     if (status == TLOOP_OK) return;

@@ -219,6 +219,9 @@ class Checkpointing : public tloop::Hook {
                 tloop::option("on_save_error", "abort", "when a save fails: abort the run or continue")
                     .one_of({"abort", "continue"}),
                 tloop::option("safetensors", false, "also write model.safetensors"),
+                tloop::option("save_on_error", true,
+                              "when the run fails at a step boundary (a hook's error in before_step, or in "
+                              "after_step of a log or save hook) with finite weights, save that step before exiting"),
             }};
   }
 
@@ -232,7 +235,8 @@ class Checkpointing : public tloop::Hook {
         abort_on_error_(o.get_string("on_save_error") == "abort"),
         safetensors_(o.get_bool("safetensors")),
         allow_fresh_start_(o.get_bool("allow_fresh_start")),
-        overwrite_(o.get_bool("overwrite")) {
+        overwrite_(o.get_bool("overwrite")),
+        save_on_error_(o.get_bool("save_on_error")) {
     for (int64_t s : o.get_int_list("keep_steps")) keep_steps_.insert(s);
     for (const auto& name : o.get_string_list("exit_signals")) {
       auto it = kSignals.find(name.rfind("SIG", 0) == 0 ? name : "SIG" + name);
@@ -315,6 +319,21 @@ class Checkpointing : public tloop::Hook {
   }
 
   void after_train(tloop::Context& ctx) override { collect_finished_save(ctx, /*wait=*/true); }
+
+  // The run ends with an error. When the host says its state still holds a
+  // whole step (never half a step, never non-finite weights), that step is
+  // saved, so the work since the last checkpoint survives the error.
+  void finish(tloop::Context& ctx, int exit_code) override {
+    if (exit_code == 0) return;
+    collect_finished_save(ctx, /*wait=*/true);  // a background save's failure is reported, not lost
+    const int64_t step = ctx.resumable_step();
+    if (!save_on_error_ || step <= 0 || step == last_saved_) return;
+    save(ctx, step);
+    collect_finished_save(ctx, /*wait=*/true);
+    ctx.warn("checkpointing: the run failed at the end of step " + std::to_string(step) +
+             ": emergency checkpoint of that step saved in " + (root_ / name_for(step)).string() +
+             " (save_on_error); the error: " + ctx.run_error());
+  }
 
  private:
   // Newest first: what `latest` names, then every checkpoint by step.
@@ -410,7 +429,16 @@ class Checkpointing : public tloop::Hook {
       else if (v.contains("double")) state.put(key, v["double"].get<double>());
       else state.put(key, v["string"].get<std::string>());
     }
-    state.restore(dir.string());  // the host's reason, if it refuses, is in the error
+    try {
+      state.restore(dir.string());  // the host's reason, if it refuses, is in the error
+    } catch (const tloop::Error& e) {
+      // A checkpoint that does not fit this run's model or state is the
+      // spec's to fix (bad input, exit 2), as a wrong option would be.
+      throw std::invalid_argument(std::string(e.what()) +
+                                  " (a checkpoint of another model or spec? point load at a matching one, or start "
+                                  "over with load = \"none\" and overwrite = true)");
+    }
+    last_saved_ = ctx.step();     // no emergency save of the step just loaded
     ctx.info("checkpointing: resumed from " + dir.string() + " at step " + std::to_string(ctx.step()));
   }
 
@@ -541,7 +569,7 @@ class Checkpointing : public tloop::Hook {
   std::set<int> exit_signals_;
   std::optional<int> exit_code_;
   double exit_wait_;
-  bool async_, abort_on_error_, safetensors_, allow_fresh_start_, overwrite_;
+  bool async_, abort_on_error_, safetensors_, allow_fresh_start_, overwrite_, save_on_error_;
   std::vector<std::pair<std::string, double>> reported_;  // for the next step's info
   fs::path root_;
   int64_t last_saved_ = -1;
