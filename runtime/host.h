@@ -125,8 +125,9 @@ class Host {
   void set_hooks(const std::vector<std::unique_ptr<HookInstance>>* hooks) { hooks_ = hooks; }
   /// Built-in receivers of every log call (e.g. metrics.jsonl).
   void add_metrics_sink(MetricsSink sink) { sinks_.push_back(std::move(sink)); }
-  /// Built-in receivers of the step the run starts from, once the resume
-  /// event has restored it (0 for a new run): steps after it are logged again.
+  /// Built-in receivers of the step the run starts from, once resume has
+  /// restored it (0 for a new run) and before_train accepted the run: steps
+  /// after it are logged again.
   void add_start_listener(std::function<void(int64_t step)> listener) { start_listeners_.push_back(std::move(listener)); }
   void started() {
     for (const auto& listener : start_listeners_) listener(step_);

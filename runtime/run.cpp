@@ -1,4 +1,5 @@
 #include "run.h"
+#include "spec_detail.h"
 
 #include "log.h"
 #include "text.h"
@@ -42,9 +43,12 @@ namespace {
 // holds each step once and nothing is lost.
 class MetricsFile {
  public:
-  explicit MetricsFile(fs::path path) : path_(std::move(path)) { open(); }
+  // Nothing is written before the run starts: a run refused in resume
+  // leaves the previous metrics.jsonl as it was.
+  explicit MetricsFile(fs::path path) : path_(std::move(path)) {}
 
   void write(int64_t step, const Metrics& metrics) {
+    if (!out_.is_open()) open();
     nlohmann::ordered_json row;
     row["step"] = step;
     for (const auto& [k, v] : metrics) row[k] = std::isfinite(v) ? nlohmann::ordered_json(v) : nlohmann::ordered_json();
@@ -73,7 +77,7 @@ class MetricsFile {
       (again ? moved : kept) += line + '\n';
       changed |= again;
     }
-    if (!changed) return;
+    if (!changed) return open();
     if (!moved.empty()) {
       std::ofstream replaced(path_.parent_path() / "metrics.replaced.jsonl", std::ios::app);
       replaced << moved;
@@ -128,12 +132,21 @@ std::unique_ptr<Run> Run::prepare(const RunOptions& options) {
   std::unique_ptr<Run> run(new Run());
   toml::table root = parse_spec(options.spec_file, options.overrides);
   run->catalog_ = load_catalog(spec_plugin_search(root, options.spec_file));
+  // The device is checked against the machine after validation; its error
+  // still names where the spec (or an override) asked for it.
+  std::string device_at = options.spec_file;
+  if (const toml::node* d = root.at_path("trainer.device").node()) device_at = where(d->source(), options.spec_file);
   run->spec_ = resolve_spec(std::move(root), options.spec_file, run->catalog_);
-  run->device_ = resolve_device(run->spec_.device);
+  try {
+    run->device_ = resolve_device(run->spec_.device);
+  } catch (const SpecError& e) {
+    throw SpecError({device_at + ": " + e.what()});
+  }
   return run;
 }
 
-void Run::execute() {
+void Run::create_plugins() {
+  if (host_) return;
   const RunSpec& s = spec_;
   RunInfo info;
   info.max_steps = s.max_steps;
@@ -160,18 +173,36 @@ void Run::execute() {
                                                     use.key_path + " (" + use.plugin + ")", use.state_key,
                                                     on_error_from(use.on_error)));
   }
+}
+
+void Run::execute() {
+  const RunSpec& s = spec_;
+  create_plugins();
+  const RunInfo& info = host_->info();
 
   // Everything is valid: now the workspace may be written, by this run alone.
-  fs::create_directories(info.workspace);
-  lock_workspace(info.workspace);
-  fs::create_directories(fs::path(info.workspace) / "logs");
-  log::set_file_sink((fs::path(info.workspace) / "logs" / "tloop.log").string());
-  {
-    std::ofstream out(fs::path(info.workspace) / "spec.resolved.toml");
-    out << "# The fully resolved run spec of this run (defaults filled), written by tloop.\n"
-        << info.resolved_spec;
-    if (!out) throw std::runtime_error("cannot write spec.resolved.toml in " + info.workspace);
+  // A workspace that cannot hold a run is bad input, like a wrong key.
+  try {
+    fs::create_directories(info.workspace);
+    lock_workspace(info.workspace);
+    fs::create_directories(fs::path(info.workspace) / "logs");
+    for (const char* file : {"spec.resolved.toml", "metrics.jsonl", "metrics.replaced.jsonl", "logs/tloop.log"})
+      if (const fs::path p = fs::path(info.workspace) / file; fs::exists(p) && !fs::is_regular_file(p))
+        throw std::invalid_argument(p.string() + " is not a file");
+    log::set_file_sink((fs::path(info.workspace) / "logs" / "tloop.log").string());
+  } catch (const std::invalid_argument&) {
+    throw;
+  } catch (const std::exception& e) {
+    throw std::invalid_argument("workspace " + info.workspace + " cannot be used: " + e.what());
   }
+  // Written once the run has started (after resume): a run refused before
+  // leaves the previous run's files as they were.
+  const fs::path resolved = fs::path(info.workspace) / "spec.resolved.toml";
+  host_->add_start_listener([resolved, text = info.resolved_spec](int64_t) {
+    std::ofstream out(resolved);
+    out << "# The fully resolved run spec of this run (defaults filled), written by tloop.\n" << text;
+    if (!out.flush()) throw std::runtime_error("cannot write " + resolved.string());
+  });
   add_metrics_file(*host_, fs::path(info.workspace) / "metrics.jsonl");
   log::info(str("run '", s.name, "': workspace ", info.workspace, ", device ", info.device, ", task ", s.task.plugin,
                 ", ", s.hooks.size(), " hooks"));

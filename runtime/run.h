@@ -34,6 +34,10 @@ class Run {
 
   /// Creates the workspace, the task and the hooks, then trains to max_steps.
   void execute();
+  /// Creates the task and the hooks from their options, as execute does
+  /// first: what a plugin refuses in create is found without running
+  /// (`tloop validate`). Plugins write nothing when created.
+  void create_plugins();
   /// "finished digits: 500/500 steps in 12.3 s, loss 0.012, holdout_accuracy 0.97"
   std::string summary() const;
 

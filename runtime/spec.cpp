@@ -38,6 +38,13 @@ toml::table* section(toml::table& root, const std::string& name, bool required, 
   return n->as_table();
 }
 
+// The longest name (between '/') in a path, in bytes.
+size_t longest_name(const fs::path& path) {
+  size_t longest = 0;
+  for (const fs::path& part : path) longest = std::max(longest, part.native().size());
+  return longest;
+}
+
 // Validates one `plugin = "..."` table against the named plugin's schema.
 std::optional<PluginUse> plugin_use(toml::table& t, const std::string& key_path, tloop_plugin_kind kind,
                                     const Catalog& catalog, const std::string& file,
@@ -133,6 +140,9 @@ RunSpec resolve_spec(toml::table root, const std::string& file, const Catalog& c
       std::error_code ec;
       if (ws.empty())
         problems.push_back(where(w->source(), file) + ": run.workspace: is empty (leave it out for runs/<name>)");
+      else if (const size_t longest = longest_name(ws); longest > 255)
+        problems.push_back(where(w->source(), file) + ": run.workspace: a name in the path is " +
+                           std::to_string(longest) + " bytes long; at most 255 fit in a directory");
       else if (fs::exists(ws, ec) && !fs::is_directory(ws, ec))
         problems.push_back(where(w->source(), file) + ": run.workspace: \"" + ws + "\" exists and is not a directory");
       else
@@ -187,7 +197,15 @@ RunSpec resolve_spec(toml::table root, const std::string& file, const Catalog& c
   if (toml::node* hooks = root.get("hooks")) {
     toml::array* list = hooks->as_array();
     if (list == nullptr || !list->is_array_of_tables()) {
-      problems.push_back(where(hooks->source(), file) + ": hooks: expected an array of tables ([[hooks]])");
+      // Name the entry that is not a table (an override may have put it there).
+      const toml::node* culprit = hooks;
+      if (list)
+        for (const toml::node& entry : *list)
+          if (!entry.is_table()) {
+            culprit = &entry;
+            break;
+          }
+      problems.push_back(where(culprit->source(), file) + ": hooks: expected an array of tables ([[hooks]])");
     } else {
       for (size_t i = 0; i < list->size(); ++i) {
         if (auto use = plugin_use(*list->get(i)->as_table(), str("hooks[", i, "]"), TLOOP_KIND_HOOK, catalog, file,

@@ -37,6 +37,9 @@ toml::table parse_spec(const std::string& file, const std::vector<std::string>& 
     } catch (const toml::parse_error&) {
       holder = parse_literal(detail::toml_quote(value), source);  // a bare word is a string
     }
+    // Keys an override adds carry its source, so that an error about them
+    // names the override, not the spec file.
+    const toml::source_region override_source = holder.get("v")->source();
     toml::node* cur = &root;
     std::string path;
     bool ok = true;
@@ -49,9 +52,12 @@ toml::table parse_spec(const std::string& file, const std::vector<std::string>& 
         ok = false;
       } else if (toml::table* t = cur->as_table()) {
         if (last) {
-          t->insert_or_assign(k, std::move(*holder.get("v")));  // a move keeps the source region
+          if (t->contains(k))
+            t->insert_or_assign(k, std::move(*holder.get("v")));  // a move keeps the value's source region
+          else
+            t->insert_or_assign(toml::key(k, override_source), std::move(*holder.get("v")));
         } else {
-          if (!t->contains(k)) t->insert(k, toml::table{});
+          if (!t->contains(k)) t->insert(toml::key(k, override_source), toml::table{});
           cur = t->get(k);
         }
       } else if (toml::array* a = cur->as_array()) {
@@ -86,10 +92,21 @@ PluginSearch spec_plugin_search(toml::table& root, const std::string& file) {
   PluginSearch search;
   search.dirs = default_plugin_dirs();
   const fs::path base = fs::path(file).parent_path();
-  for (const auto& p : *(*plugins)["paths"].as_array()) {
-    fs::path path(p.as_string()->get());
-    search.named_dirs.push_back((path.is_absolute() ? path : base / path).lexically_normal());
+  const toml::array& paths = *(*plugins)["paths"].as_array();
+  for (size_t i = 0; i < paths.size(); ++i) {
+    const fs::path given(paths[i].as_string()->get());
+    const fs::path path = (given.is_absolute() ? given : base / given).lexically_normal();
+    std::error_code ec;
+    const fs::file_status status = fs::status(path, ec);
+    if (!fs::is_directory(status))
+      problems.push_back(where(paths[i].source(), file) + ": plugins.paths[" + std::to_string(i) + "]: " +
+                         path.string() +
+                         (ec && ec != std::errc::no_such_file_or_directory ? ": " + ec.message()
+                          : fs::exists(status)                          ? ": not a directory"
+                                                                         : ": no such directory"));
+    search.named_dirs.push_back(path);
   }
+  if (!problems.empty()) throw SpecError(problems);
   search.allow_insecure = (*plugins)["allow_insecure"].value_or(false);
   return search;
 }

@@ -27,6 +27,8 @@ namespace tloop {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+// Forwards in one step that return no loss before the step fails.
+constexpr int64_t kMaxForwardsWithoutLoss = 10000;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 // Autocast for one forward, restored on exit (also on exceptions).
@@ -133,7 +135,6 @@ std::optional<int64_t> Trainer::resumable_step() const {
 
 void Trainer::run_steps() {
   for_each_hook(&HookInstance::resume);  // a checkpointing hook may restore the step here
-  host_.started();
   // The learning rate of the next step is a function of the steps done,
   // which also makes a resumed run pick up exactly where it stopped.
   optimizer_.set_lr_factor(lr_factor(config_.scheduler, host_.step(), config_.max_steps));
@@ -141,6 +142,9 @@ void Trainer::run_steps() {
   // at all, and where a resumed run stands.
   if (batches_per_epoch_) host_.step_info()[TLOOP_INFO_EPOCH] = {static_cast<double>(epochs_done())};
   for_each_hook(&HookInstance::before_train);
+  // The run has started: nothing refused it. Only now are the workspace's
+  // spec.resolved.toml and metrics.jsonl written.
+  host_.started();
   boundary_signal_ = pending_signal();  // a signal before the first step: no step runs
   while (host_.step() < config_.max_steps) {
     if (auto code = host_.exit_requested()) throw ExitRequested(*code);
@@ -266,6 +270,11 @@ void Trainer::accumulate() {
     for (HookInstance* hook : micro_step_hooks_) hook->after_forward(forwards);
     host_.clear_published();  // hooks had them in after_forward; the graph behind them can go
     if (!loss) {
+      // A task that never returns a loss would spin in this step for ever.
+      if (forwards + 1 - micro_steps >= kMaxForwardsWithoutLoss)
+        throw TrainingError(str("step ", host_.step(), ": ", task_.label(), " returned no loss in ",
+                                kMaxForwardsWithoutLoss, " forwards of one step; a step needs ",
+                                config_.gradient_accumulation_steps, " forwards that return a loss"));
       if (!warned_none_loss_) {
         log::warn(str("step ", host_.step(), ": the task returned no loss; skipping backward for that micro-step ",
                       "(it does not count towards gradient_accumulation_steps; warned once)"));
@@ -275,6 +284,12 @@ void Trainer::accumulate() {
     }
     if (loss->numel() != 1)
       throw TrainingError(str(task_.label(), " returned a loss with ", loss->numel(), " elements; it must be a scalar"));
+    if (!at::isFloatingType(loss->scalar_type()))
+      throw TrainingError(str(task_.label(), " returned a loss of dtype ", c10::toString(loss->scalar_type()),
+                              "; it must be a floating-point scalar"));
+    if (!loss->requires_grad())
+      throw TrainingError(str(task_.label(), " returned a loss that does not require grad (detached, or computed ",
+                              "without the registered parameters); backward would have nothing to do"));
     const double value = loss->item<double>();
     if (!std::isfinite(value))
       non_finite_loss_(str("step ", host_.step(), ": the loss is not finite (", value, "); ", records_text(records)));

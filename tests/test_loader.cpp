@@ -375,16 +375,20 @@ TEST_CASE("a plugin path that is missing, a file or a symbolic link loop is name
   TempDir dir;
   SUBCASE("missing") {
     check_validate_and_run(dir, paths(dir / "nowhere"), 2,
-                           "plugin directory " + (dir / "nowhere").string() + ": no such directory");
+                           "spec.toml:2:10: plugins.paths[0]: " + (dir / "nowhere").string() + ": no such directory");
+    const auto listed = test::run_command(test::cli() + " plugins --path " + (dir / "nowhere").string() + " 2>&1");
+    CHECK(listed.exit_code == 2);
+    CHECK(listed.output.find("plugin directory " + (dir / "nowhere").string() + ": no such directory") !=
+          std::string::npos);
   }
   SUBCASE("a file") {
     test::write_file(dir / "file", "x");
-    check_validate_and_run(dir, paths(dir / "file"), 2, "plugin directory " + (dir / "file").string() + ": not a directory");
+    check_validate_and_run(dir, paths(dir / "file"), 2, "plugins.paths[0]: " + (dir / "file").string() + ": not a directory");
   }
   SUBCASE("a symbolic link loop") {
     fs::create_directory_symlink(dir / "loop", dir / "loop");
     check_validate_and_run(dir, paths(dir / "loop"), 2,
-                           "plugin directory " + (dir / "loop").string() + ": Too many levels of symbolic links");
+                           "plugins.paths[0]: " + (dir / "loop").string() + ": Too many levels of symbolic links");
   }
   SUBCASE("a library that is a symbolic link loop") {
     const fs::path d = plugin_dir(dir, "links");

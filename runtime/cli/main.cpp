@@ -11,6 +11,7 @@
 #include "../signals.h"
 #include "../text.h"
 
+#include <c10/util/Exception.h>
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
@@ -144,6 +145,7 @@ int main(int argc, char** argv) {
       tloop::log::debug(r->summary());  // into the log file; the terminal has it on stdout
     } else if (*validate) {
       auto r = tloop::Run::prepare(validate_options);
+      r->create_plugins();  // what a plugin refuses when created, found here too
       if (print_resolved) std::cout << tloop::to_toml(r->spec().resolved);
       std::cout << validate_options.spec_file << ": OK (task " << r->spec().task.plugin << ", "
                 << r->spec().hooks.size() << " hooks, " << r->spec().max_steps << " steps)" << std::endl;
@@ -171,6 +173,8 @@ int main(int argc, char** argv) {
       tloop::log::info(std::string("exiting: ") + e.what());
     } catch (const tloop::Interrupted& e) {
       tloop::log::warn(e.what());
+    } catch (const c10::Error& e) {  // LibTorch's message, without its C++ backtrace
+      tloop::log::error(std::string("training failed: ") + e.what_without_backtrace());
     } catch (const std::exception& e) {
       tloop::log::error(code == tloop::kExitTrainingFailed ? std::string("training failed: ") + e.what() : e.what());
     } catch (...) {

@@ -40,7 +40,7 @@ class EventRecorder : public tloop::Hook {
                            "(tloop.run_failure/1)")}};
   }
   EventRecorder(tloop::Context&, const tloop::Options& o)
-      : out_(o.get_string("file"), std::ios::app),
+      : file_(o.get_string("file")),
         label_(o.get_string("label")),
         step_info_(o.get_bool("step_info")),
         list_dir_(o.get_string("list_dir")),
@@ -53,9 +53,7 @@ class EventRecorder : public tloop::Hook {
         fail_in_(o.get_string("fail_in")),
         fail_after_(o.get_bool("fail_after")),
         fail_as_bad_input_(o.get_bool("fail_as_bad_input")),
-        report_failure_(o.get_bool("report_failure")) {
-    if (!out_) throw tloop::Error("cannot open " + o.get_string("file"));
-  }
+        report_failure_(o.get_bool("report_failure")) {}
 
   void before_train(tloop::Context& c) override {
     if (!query_extension_.empty())
@@ -112,8 +110,16 @@ class EventRecorder : public tloop::Hook {
   }
 
  private:
+  // Opened at the first event: a plugin writes nothing when created (validate creates it).
+  std::ofstream& out() {
+    if (!out_.is_open()) {
+      out_.open(file_, std::ios::app);
+      if (!out_) throw tloop::Error("cannot open " + file_);
+    }
+    return out_;
+  }
   void write(tloop::Context& c, const char* event, const std::string& extra = "") {
-    out_ << label_ << ' ' << event << ' ' << c.step() << extra << '\n';
+    out() << label_ << ' ' << event << ' ' << c.step() << extra << '\n';
     out_.flush();
   }
   void maybe_fail(tloop::Context& c, const char* event) {
@@ -123,6 +129,7 @@ class EventRecorder : public tloop::Hook {
     throw tloop::Error(what);
   }
 
+  std::string file_;
   std::ofstream out_;
   std::string label_;
   bool step_info_;

@@ -21,8 +21,12 @@ class MicroRecorder : public tloop::Hook {
                  .at_least(0)}};
   }
   MicroRecorder(tloop::Context&, const tloop::Options& o)
-      : out_(o.get_string("file"), std::ios::app), raise_at_(o.get_int("raise_at")) {
-    if (!out_) throw tloop::Error("cannot open " + o.get_string("file"));
+      : file_(o.get_string("file")), raise_at_(o.get_int("raise_at")) {}
+
+  // Opened at the first event: a plugin writes nothing when created (validate creates it).
+  void before_train(tloop::Context&) override {
+    out_.open(file_, std::ios::app);
+    if (!out_) throw tloop::Error("cannot open " + file_);
     out_.precision(17);
   }
 
@@ -43,6 +47,7 @@ class MicroRecorder : public tloop::Hook {
   }
 
  private:
+  std::string file_;
   std::ofstream out_;
   int64_t raise_at_;
 };

@@ -29,6 +29,8 @@ class ScriptedTask : public tloop::Task {
                     .at_least(0),
                 tloop::option("batches_per_epoch", 0, "epoch length declared (tloop.epochs/1); 0: no epochs; "
                                                      "negative: declared as given (a bad length)"),
+                tloop::option("bad_loss", "", "forward returns a wrong loss: vector | integer | detached | \"\"")
+                    .one_of({"", "vector", "integer", "detached"}),
             }};
   }
   ScriptedTask(tloop::Context&, const tloop::Options& o)
@@ -40,7 +42,8 @@ class ScriptedTask : public tloop::Task {
         image_keys_(o.get_string_list("image_keys")),
         outputs_(o.get_string("outputs")),
         record_every_(o.get_int("record_every")),
-        batches_per_epoch_(o.get_int("batches_per_epoch")) {
+        batches_per_epoch_(o.get_int("batches_per_epoch")),
+        bad_loss_(o.get_string("bad_loss")) {
     if (fail_in_ == "create") throw tloop::Error("scripted failure in create");
   }
 
@@ -80,6 +83,9 @@ class ScriptedTask : public tloop::Task {
     if (none_every_ > 0 && forwards_ % none_every_ == 0) return std::nullopt;
     at::Tensor loss = grad_scale_ * w_.sum();
     if (forwards_ <= nan_forwards_) loss = loss * std::numeric_limits<double>::quiet_NaN();
+    if (bad_loss_ == "vector") return grad_scale_ * w_;
+    if (bad_loss_ == "integer") return loss.detach().to(at::kLong);
+    if (bad_loss_ == "detached") return loss.detach();
     if (outputs_ == "loss") return loss;
     // The same loss as two named terms, a record that stays a tensor and a
     // published tensor.
@@ -99,6 +105,7 @@ class ScriptedTask : public tloop::Task {
   std::vector<std::string> image_keys_;
   std::string outputs_;
   int64_t record_every_, batches_per_epoch_;
+  std::string bad_loss_;
   uint8_t pixels_[2 * 3 * 4] = {};
   int64_t batches_ = 0, forwards_ = 0;
   at::Tensor w_;

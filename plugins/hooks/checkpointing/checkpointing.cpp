@@ -17,6 +17,8 @@
 #include <tloop/torch.hpp>
 #include <tloop/torch_save.hpp>
 
+#include <c10/util/Exception.h>
+
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -258,6 +260,8 @@ class Checkpointing : public tloop::Hook {
   // and named, and a run that would overwrite checkpoints refuses (bad input,
   // exit code 2) unless told otherwise.
   void resume(tloop::Context& ctx) override {
+    if (std::error_code ec; fs::exists(root_, ec) && !fs::is_directory(root_, ec))
+      throw std::invalid_argument("path: " + root_.string() + " is a file, not a checkpoint directory");
     clean_leftovers(ctx);
     if (load_ == "none" || load_.empty()) {
       start_over(ctx);
@@ -417,18 +421,37 @@ class Checkpointing : public tloop::Hook {
     }
   }
 
+  // A file that passed its checksum but cannot be read was written so: it is
+  // named (bad input, exit 2), with LibTorch's message but not its backtrace.
+  template <class Fn>
+  static void reading(const fs::path& file, Fn&& fn) {
+    try {
+      fn();
+    } catch (const c10::Error& e) {
+      throw std::invalid_argument(file.string() + ": cannot be read: " + e.what_without_backtrace());
+    } catch (const std::exception& e) {
+      throw std::invalid_argument(file.string() + ": cannot be read: " + e.what());
+    }
+  }
+
   void load(tloop::Context& ctx, const fs::path& dir) {
     tloop::RunState state(ctx);
-    for (const auto& [name, t] : tloop::load_tensors(checkpointing::read_file(dir / "model.pt")))
-      state.put(TLOOP_STATE_MODEL + name, t);
-    for (const auto& [name, t] : tloop::load_tensors(checkpointing::read_file(dir / "state.pt"))) state.put(name, t);
-    const std::vector<char> bytes = checkpointing::read_file(dir / "state.json");
-    const json scalars = json::parse(bytes.begin(), bytes.end());  // named: items() must not outlive it
-    for (const auto& [key, v] : scalars.items()) {
-      if (v.contains("int")) state.put(key, v["int"].get<int64_t>());
-      else if (v.contains("double")) state.put(key, v["double"].get<double>());
-      else state.put(key, v["string"].get<std::string>());
-    }
+    reading(dir / "model.pt", [&] {
+      for (const auto& [name, t] : tloop::load_tensors(checkpointing::read_file(dir / "model.pt")))
+        state.put(TLOOP_STATE_MODEL + name, t);
+    });
+    reading(dir / "state.pt", [&] {
+      for (const auto& [name, t] : tloop::load_tensors(checkpointing::read_file(dir / "state.pt"))) state.put(name, t);
+    });
+    reading(dir / "state.json", [&] {
+      const std::vector<char> bytes = checkpointing::read_file(dir / "state.json");
+      const json scalars = json::parse(bytes.begin(), bytes.end());  // named: items() must not outlive it
+      for (const auto& [key, v] : scalars.items()) {
+        if (v.contains("int")) state.put(key, v["int"].get<int64_t>());
+        else if (v.contains("double")) state.put(key, v["double"].get<double>());
+        else state.put(key, v["string"].get<std::string>());
+      }
+    });
     try {
       state.restore(dir.string());  // the host's reason, if it refuses, is in the error
     } catch (const tloop::Error& e) {

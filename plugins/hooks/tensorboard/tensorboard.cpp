@@ -9,6 +9,9 @@
 
 #include <tloop/sdk.hpp>
 
+#include <filesystem>
+#include <stdexcept>
+
 #include <toml++/toml.h>
 
 #include <chrono>
@@ -99,7 +102,11 @@ class TensorBoard : public tloop::Hook {
 
   void before_train(tloop::Context& ctx) override {
     if (ctx.rank() != 0) return;
-    file_ = std::make_unique<tb::EventFile>(dir_);
+    try {
+      file_ = std::make_unique<tb::EventFile>(dir_);
+    } catch (const std::filesystem::filesystem_error& e) {  // the dir option names a place that cannot be one
+      throw std::invalid_argument("dir: " + dir_ + " cannot hold the event file: " + e.code().message());
+    }
     ctx.info("tensorboard: writing " + file_->path() + " (tensorboard --logdir " + dir_ + ")");
     if (ctx.step() > 0) {
       // A resumed run logs the steps after its checkpoint again. TensorFlow's

@@ -207,7 +207,7 @@ class Wandb : public tloop::Hook {
       if (in >> id) stored = id;
     }
     if (resume_ == "must" && forced_id_.empty() && !stored)
-      throw tloop::Error("WANDB_RESUME=must, but there is no run to resume: set WANDB_RUN_ID, or resume a run whose "
+      throw std::invalid_argument("WANDB_RESUME=must, but there is no run to resume: set WANDB_RUN_ID, or resume a run whose "
                          "workspace has wandb_run_id");
     id_ = !forced_id_.empty() ? forced_id_ : stored.value_or(new_run_id());
     const bool continues = stored.has_value() || (!forced_id_.empty() && resumed_);
@@ -215,7 +215,11 @@ class Wandb : public tloop::Hook {
     start_ = now();
     const fs::path root = fs::path(env("WANDB_DIR").empty() ? workspace_ : env("WANDB_DIR")) / "wandb";
     dir_ = run_dir(root, static_cast<std::time_t>(start_));
-    fs::create_directories(dir_ / "files" / "media" / "images");
+    try {
+      fs::create_directories(dir_ / "files" / "media" / "images");
+    } catch (const fs::filesystem_error& e) {  // dir (or WANDB_DIR) names a place that cannot be one
+      throw std::invalid_argument("dir: " + root.string() + " cannot hold the run: " + e.code().message());
+    }
     log_ = std::make_unique<wandb_offline::RecordLog>((dir_ / ("run-" + id_ + ".wandb")).string());
     write_text(id_file, id_);
     latest_run_link(root);

@@ -17,7 +17,9 @@
 #include <zlib.h>
 
 #include <filesystem>
+#include <fstream>
 #include <sstream>
+#include <stdexcept>
 #include <vector>
 
 namespace {
@@ -57,7 +59,9 @@ std::filesystem::path plugin_dir() {
 // Reads the scikit-learn digits CSV (gzip): 64 pixel values 0..16, then the label.
 void read_digits(const std::string& path, std::vector<float>& pixels, std::vector<int64_t>& labels) {
   gzFile f = gzopen(path.c_str(), "rb");
-  if (f == nullptr) throw tloop::Error("cannot open the digits data '" + path + "'");
+  // The data is the user's input (the `data` option): its problems are bad
+  // input (exit 2), named by file and line.
+  if (f == nullptr) throw std::invalid_argument("cannot open the digits data '" + path + "'");
   char line[1024];
   int line_no = 0;
   while (gzgets(f, line, sizeof(line)) != nullptr) {
@@ -65,10 +69,27 @@ void read_digits(const std::string& path, std::vector<float>& pixels, std::vecto
     std::stringstream ss(line);
     std::string cell;
     std::vector<int> values;
-    while (std::getline(ss, cell, ',')) values.push_back(std::stoi(cell));
+    const std::string where = path + ":" + std::to_string(line_no) + ": ";
+    while (std::getline(ss, cell, ',')) {
+      size_t used = 0;
+      int v = -1;
+      try {
+        v = std::stoi(cell, &used);
+      } catch (const std::exception&) {
+      }
+      const bool blank_rest = cell.find_first_not_of(" \t\r\n", used) == std::string::npos;
+      if (used == 0 || !blank_rest || v < 0 || (values.size() < kSide * kSide && v > 16) ||
+          (values.size() == kSide * kSide && v > 9)) {
+        gzclose(f);
+        throw std::invalid_argument(where + "value " + std::to_string(values.size() + 1) + " ('" + cell +
+                                    "') is not a pixel (0..16) or a label (0..9)");
+      }
+      values.push_back(v);
+    }
     if (values.size() != kSide * kSide + 1) {
       gzclose(f);
-      throw tloop::Error(path + ":" + std::to_string(line_no) + ": expected 65 values");
+      throw std::invalid_argument(where + "expected 65 values (64 pixels and the label), got " +
+                                  std::to_string(values.size()));
     }
     for (int i = 0; i < kSide * kSide; ++i) pixels.push_back(static_cast<float>(values[i]) / 16.0f);
     labels.push_back(values.back());
@@ -104,16 +125,24 @@ class DigitsCnn : public tloop::Task {
         num_images_(o.get_int("num_images")),
         data_path_(o.get_string("data")) {
     if (data_path_.empty()) data_path_ = (plugin_dir() / "digits_cnn_data" / "digits.csv.gz").string();
+    // Read here, not in setup: a data file or batch size that cannot work is
+    // found by `tloop validate` (which creates plugins) too. 1797 small rows.
+    if (!std::ifstream(data_path_)) throw std::invalid_argument("data: cannot open '" + data_path_ + "'");
+    read_digits(data_path_, pixels_, labels_);
+    const int64_t n = static_cast<int64_t>(labels_.size());
+    const int64_t n_train = n - static_cast<int64_t>(static_cast<double>(n) * holdout_fraction_);
+    if (batch_size_ > n_train)
+      throw std::invalid_argument("batch_size is larger than the training set (" + std::to_string(batch_size_) +
+                                  " > " + std::to_string(n_train) + " images)");
   }
 
   void setup(tloop::Context& ctx) override {
     device_ = c10::Device(ctx.device());
-    std::vector<float> pixels;
-    std::vector<int64_t> labels;
-    read_digits(data_path_, pixels, labels);
-    const int64_t n = static_cast<int64_t>(labels.size());
-    at::Tensor x = at::from_blob(pixels.data(), {n, 1, kSide, kSide}, at::kFloat).clone();
-    at::Tensor y = at::from_blob(labels.data(), {n}, at::kLong).clone();
+    const int64_t n = static_cast<int64_t>(labels_.size());
+    at::Tensor x = at::from_blob(pixels_.data(), {n, 1, kSide, kSide}, at::kFloat).clone();
+    at::Tensor y = at::from_blob(labels_.data(), {n}, at::kLong).clone();
+    pixels_ = {};
+    labels_ = {};
 
     seed_ = ctx.seed();
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed_ + 104729);
@@ -126,7 +155,6 @@ class DigitsCnn : public tloop::Task {
     y_train_ = y.index_select(0, train_idx).to(device_);
     ctx.info("digits_cnn: " + std::to_string(x_train_.size(0)) + " training and " + std::to_string(n_holdout) +
              " holdout images from " + data_path_);
-    if (batch_size_ > x_train_.size(0)) throw tloop::Error("batch_size is larger than the training set");
 
     net_ = DigitsNet(channels_, hidden_);
     net_->to(device_);
@@ -223,6 +251,8 @@ class DigitsCnn : public tloop::Task {
   double holdout_fraction_;
   int64_t eval_interval_, channels_, hidden_, num_images_;
   std::string data_path_;
+  std::vector<float> pixels_;    // read in create, made tensors in setup
+  std::vector<int64_t> labels_;
   uint64_t seed_ = 0;
   c10::Device device_ = c10::Device(c10::kCPU);
   at::Tensor x_train_, y_train_, x_holdout_, y_holdout_, order_, xb_, yb_;
