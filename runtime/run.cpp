@@ -195,7 +195,7 @@ void Run::execute() {
   } catch (const std::exception& e) {
     throw std::invalid_argument("workspace " + info.workspace + " cannot be used: " + e.what());
   }
-  // Written once the run has started (after resume): a run refused before
+  // Written once the run has started (after resume and before_train): a run refused before
   // leaves the previous run's files as they were.
   const fs::path resolved = fs::path(info.workspace) / "spec.resolved.toml";
   host_->add_start_listener([resolved, text = info.resolved_spec](int64_t) {
