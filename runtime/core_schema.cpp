@@ -2,6 +2,7 @@
 // [plugins], with their defaults, bounds and documentation.
 #include "spec.h"
 
+#include <limits>
 #include <map>
 
 namespace tloop {
@@ -32,16 +33,20 @@ Schema make_trainer_schema() {
           .at_least(0),
   };
 }
+constexpr double kFloatMax = std::numeric_limits<float>::max();
+
 Schema make_optimizer_schema() {
   return {
       option("type", "adamw", "optimizer").one_of({"sgd", "adam", "adamw"}),
-      option("lr", 1e-3, "base learning rate").at_least(0),
-      option("weight_decay", 0.0, "weight decay (decoupled for adamw)").at_least(0),
+      // At most float's range: LibTorch converts them to the weights' dtype
+      // in the update, and 1e300 would fail there, in step 1.
+      option("lr", 1e-3, "base learning rate").range(0, kFloatMax),
+      option("weight_decay", 0.0, "weight decay (decoupled for adamw)").range(0, kFloatMax),
       option("momentum", 0.0, "sgd only: momentum").range(0, 1),
       option("nesterov", false, "sgd only: Nesterov momentum"),
       option("beta1", 0.9, "adam/adamw only").range(0, 1),
       option("beta2", 0.999, "adam/adamw only").range(0, 1),
-      option("eps", 1e-8, "adam/adamw only").at_least(0),
+      option("eps", 1e-8, "adam/adamw only").range(0, kFloatMax),
   };
 }
 Schema make_scheduler_schema() {
