@@ -129,6 +129,21 @@ Schema schema_from(const tloop_plugin_descriptor& d, uint32_t abi_minor, const s
 
 }  // namespace
 
+std::optional<std::string> directory_problem(const fs::path& path, bool* system_error) {
+  std::error_code ec;
+  const fs::file_status status = fs::status(path, ec);
+  if (fs::is_directory(status)) return std::nullopt;
+  const bool failed = ec && ec != std::errc::no_such_file_or_directory;  // a symlink loop, no permission
+  if (system_error) *system_error = failed;
+  if (failed) return ec.message();
+  return fs::exists(status) ? "not a directory" : "no such directory";
+}
+
+namespace {
+// Why loading code from `path` (a plugin directory or library) is unsafe:
+// writable by every user, or owned by another user than the one running
+// tloop or root; std::nullopt when it is safe. A group-writable path is safe
+// with a warning (clusters share groups with umask 002): `warning` gets it.
 std::optional<std::string> insecure_path(const fs::path& path, std::string* warning) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) return std::nullopt;  // what is missing is reported where it is used
@@ -149,7 +164,6 @@ std::optional<std::string> insecure_path(const fs::path& path, std::string* warn
   return std::nullopt;
 }
 
-namespace {
 // Refuses an unsafe path (or warns, once per path, under allow_insecure).
 void check_secure(const fs::path& path, bool allow_insecure) {
   static std::set<std::string> warned;
@@ -259,16 +273,11 @@ std::vector<std::string> Catalog::scan(const PluginSearch& search) {
   for (const auto& d : search.dirs) dirs.emplace_back(d, false);
   for (const auto& d : search.named_dirs) dirs.emplace_back(d, true);
   for (const auto& [dir, named] : dirs) {
-    std::error_code ec;
-    const fs::file_status status = fs::status(dir, ec);
-    if (ec && ec != std::errc::no_such_file_or_directory) {  // a symlink loop, a directory we may not enter
-      problems.push_back("plugin directory " + dir.string() + ": " + ec.message());
-      continue;
-    }
-    if (!fs::is_directory(status)) {
-      if (named)
-        problems.push_back("plugin directory " + dir.string() +
-                           (fs::exists(status) ? ": not a directory" : ": no such directory"));
+    bool system_error = false;
+    if (auto problem = directory_problem(dir, &system_error)) {
+      // A default directory need not exist; one the user named must, and an
+      // error (a symbolic link loop) is named wherever it is.
+      if (named || system_error) problems.push_back("plugin directory " + dir.string() + ": " + *problem);
       continue;
     }
     try {
@@ -278,6 +287,7 @@ std::vector<std::string> Catalog::scan(const PluginSearch& search) {
       continue;
     }
     std::vector<fs::path> files;
+    std::error_code ec;
     fs::directory_iterator it(dir, ec);
     if (ec) problems.push_back("plugin directory " + dir.string() + ": " + ec.message());
     for (; !ec && it != fs::directory_iterator(); it.increment(ec)) {

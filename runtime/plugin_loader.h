@@ -57,11 +57,10 @@ struct PluginSearch {
   bool allow_insecure = false;
 };
 
-/// Why loading code from `path` (a plugin directory or library) is unsafe:
-/// writable by every user, or owned by another user than the one running
-/// tloop or root; std::nullopt when it is safe. A group-writable path is safe
-/// with a warning (clusters share groups with umask 002): `warning` gets it.
-std::optional<std::string> insecure_path(const std::filesystem::path& path, std::string* warning);
+/// Why `path` cannot be a plugin directory ("no such directory", "not a
+/// directory", or the system's reason: a symbolic link loop, ...), or
+/// std::nullopt when it is one. `system_error` (if given) tells the last case.
+std::optional<std::string> directory_problem(const std::filesystem::path& path, bool* system_error = nullptr);
 
 class Catalog {
  public:

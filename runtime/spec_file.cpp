@@ -96,14 +96,9 @@ PluginSearch spec_plugin_search(toml::table& root, const std::string& file) {
   for (size_t i = 0; i < paths.size(); ++i) {
     const fs::path given(paths[i].as_string()->get());
     const fs::path path = (given.is_absolute() ? given : base / given).lexically_normal();
-    std::error_code ec;
-    const fs::file_status status = fs::status(path, ec);
-    if (!fs::is_directory(status))
+    if (auto problem = directory_problem(path))
       problems.push_back(where(paths[i].source(), file) + ": plugins.paths[" + std::to_string(i) + "]: " +
-                         path.string() +
-                         (ec && ec != std::errc::no_such_file_or_directory ? ": " + ec.message()
-                          : fs::exists(status)                          ? ": not a directory"
-                                                                         : ": no such directory"));
+                         path.string() + ": " + *problem);
     search.named_dirs.push_back(path);
   }
   if (!problems.empty()) throw SpecError(problems);

@@ -17,7 +17,6 @@
 #include <zlib.h>
 
 #include <filesystem>
-#include <fstream>
 #include <sstream>
 #include <stdexcept>
 #include <vector>
@@ -127,7 +126,6 @@ class DigitsCnn : public tloop::Task {
     if (data_path_.empty()) data_path_ = (plugin_dir() / "digits_cnn_data" / "digits.csv.gz").string();
     // Read here, not in setup: a data file or batch size that cannot work is
     // found by `tloop validate` (which creates plugins) too. 1797 small rows.
-    if (!std::ifstream(data_path_)) throw std::invalid_argument("data: cannot open '" + data_path_ + "'");
     read_digits(data_path_, pixels_, labels_);
     const int64_t n = static_cast<int64_t>(labels_.size());
     const int64_t n_train = n - static_cast<int64_t>(static_cast<double>(n) * holdout_fraction_);
