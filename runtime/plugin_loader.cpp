@@ -69,6 +69,17 @@ std::vector<boost::dll::shared_library>& libraries() {
   return *libs;
 }
 
+// An enum member of a plugin's struct, as the integer the plugin stored. A C
+// library may store any int there; reading a value outside the enumerators'
+// range through the C++ enum type is undefined behaviour.
+template <class E>
+int64_t stored_value(const E& member) {
+  static_assert(sizeof(E) == sizeof(int32_t), "C enums are int-sized");
+  int32_t v;
+  std::memcpy(&v, &member, sizeof v);
+  return v;
+}
+
 // The newest option type a library built for ABI 1.`minor` can declare.
 tloop_value_type last_option_type(uint32_t minor) {
   return minor >= 4 ? TLOOP_TYPE_INT_OR_STRING : minor >= 1 ? TLOOP_TYPE_INT_LIST : TLOOP_TYPE_STRING_LIST;
@@ -93,8 +104,9 @@ Schema schema_from(const tloop_plugin_descriptor& d, uint32_t abi_minor, const s
     for (const char* reserved : {"plugin", "key", "on_error"})
       if (std::strcmp(o.name, reserved) == 0)
         throw PluginLoadError(where + ": option '" + o.name + "' is reserved by the run spec (plugin, key, on_error)");
-    if (static_cast<uint32_t>(o.type) > static_cast<uint32_t>(last_option_type(abi_minor)))
-      throw PluginLoadError(where + ": option '" + o.name + "' has type " + std::to_string(o.type) +
+    const int64_t type = stored_value(o.type);
+    if (type < 0 || type > last_option_type(abi_minor))
+      throw PluginLoadError(where + ": option '" + o.name + "' has type " + std::to_string(type) +
                             ", not a tloop_value_type of ABI 1." + std::to_string(abi_minor) + " (0 to " +
                             std::to_string(last_option_type(abi_minor)) + ")");
     const std::string option = where + ": option '" + o.name + "'";
@@ -176,6 +188,61 @@ void check_secure(const fs::path& path, bool allow_insecure) {
 }
 }  // namespace
 
+std::vector<LoadedPlugin> plugins_of(const tloop_library* info, const std::string& shown) {
+  if (info == nullptr || info->struct_size < offsetof(tloop_library, plugin_count) + sizeof(uint32_t))
+    throw PluginLoadError(shown + ": the entry point returned no valid library record (a message from the "
+                                  "plugin, if any, is above)");
+
+  const std::string host_abi = str(TLOOP_ABI_VERSION_MAJOR, ".", TLOOP_ABI_VERSION_MINOR);
+  const std::string lib_abi = str(info->abi_major, ".", info->abi_minor);
+  if (info->abi_major != TLOOP_ABI_VERSION_MAJOR)
+    throw PluginLoadError(shown + ": built for plugin ABI " + lib_abi + ", but this tloop speaks ABI " + host_abi +
+                          " (major versions must match); rebuild the plugin against this tloop's SDK");
+  if (info->abi_minor > TLOOP_ABI_VERSION_MINOR)
+    throw PluginLoadError(shown + ": built for plugin ABI " + lib_abi + ", newer than this tloop's ABI " + host_abi +
+                          "; upgrade tloop or rebuild the plugin against ABI " + host_abi);
+  if (info->torch_version != nullptr && std::strcmp(info->torch_version, host_torch_version()) != 0)
+    throw PluginLoadError(shown + ": built against LibTorch " + info->torch_version + ", but this tloop runs LibTorch " +
+                          host_torch_version() + "; rebuild the plugin against LibTorch " + host_torch_version());
+
+  if (info->plugin_count > 0 && info->plugins == nullptr)
+    throw PluginLoadError(shown + ": the library record declares " + std::to_string(info->plugin_count) +
+                          " plugins but no array of them");
+  std::vector<LoadedPlugin> found;
+  for (uint32_t i = 0; i < info->plugin_count; ++i) {
+    const tloop_plugin_descriptor* d = info->plugins[i];
+    if (d == nullptr || d->struct_size < offsetof(tloop_plugin_descriptor, task) + sizeof(void*) || d->name == nullptr ||
+        *d->name == '\0')
+      throw PluginLoadError(shown + ": plugin descriptor " + std::to_string(i) + " is invalid");
+    const std::string where = shown + ": plugin '" + d->name + "'";
+    // What `tloop new` accepts: a name that is a TOML bare key, a file name and a C identifier.
+    if (!std::regex_match(d->name, std::regex("[a-z][a-z0-9_]*")))
+      throw PluginLoadError(where + ": a plugin name is lowercase letters, digits and '_', starting with a letter");
+    const int64_t kind = stored_value(d->kind);
+    if (kind == TLOOP_KIND_HOOK) {
+      if (d->hook == nullptr || d->hook->create == nullptr || d->hook->destroy == nullptr)
+        throw PluginLoadError(where + " is a hook without create/destroy");
+    } else if (kind == TLOOP_KIND_TASK) {
+      const tloop_task_vtable* t = d->task;
+      if (t == nullptr || t->create == nullptr || t->destroy == nullptr || t->setup == nullptr ||
+          t->next_batch == nullptr || t->forward == nullptr)
+        throw PluginLoadError(where + " is a task without create/destroy/setup/next_batch/forward");
+    } else {
+      throw PluginLoadError(where + " has an unknown kind " + std::to_string(kind));
+    }
+    tloop_hook_phase phase = TLOOP_PHASE_UPDATE;  // hooks built for 1.2 or older
+    if (kind == TLOOP_KIND_HOOK && info->abi_minor >= 3 && TLOOP_HAS_MEMBER(d->hook, tloop_hook_vtable, phase)) {
+      if (d->hook->phase < TLOOP_PHASE_UPDATE || d->hook->phase > TLOOP_PHASE_SAVE)
+        throw PluginLoadError(where + " declares phase " + std::to_string(d->hook->phase) + ", not a tloop_hook_phase (" +
+                              std::to_string(TLOOP_PHASE_UPDATE) + " to " + std::to_string(TLOOP_PHASE_SAVE) + ")");
+      phase = static_cast<tloop_hook_phase>(d->hook->phase);
+    }
+    found.push_back({d->name, d->kind, d->version ? d->version : "", d->description ? d->description : "", shown,
+                     schema_from(*d, info->abi_minor, where), d, info->abi_minor, phase});
+  }
+  return found;
+}
+
 void Catalog::load_file(const fs::path& file) {
   std::error_code ec;
   const std::string canonical = fs::weakly_canonical(file, ec).string();
@@ -205,53 +272,7 @@ void Catalog::load_file(const fs::path& file) {
   } catch (...) {
     throw PluginLoadError(shown + ": the entry point threw an unknown exception");
   }
-  if (info == nullptr || info->struct_size < offsetof(tloop_library, plugin_count) + sizeof(uint32_t))
-    throw PluginLoadError(shown + ": the entry point returned no valid library record (a message from the "
-                                  "plugin, if any, is above)");
-
-  const std::string host_abi = str(TLOOP_ABI_VERSION_MAJOR, ".", TLOOP_ABI_VERSION_MINOR);
-  const std::string lib_abi = str(info->abi_major, ".", info->abi_minor);
-  if (info->abi_major != TLOOP_ABI_VERSION_MAJOR)
-    throw PluginLoadError(shown + ": built for plugin ABI " + lib_abi + ", but this tloop speaks ABI " + host_abi +
-                          " (major versions must match); rebuild the plugin against this tloop's SDK");
-  if (info->abi_minor > TLOOP_ABI_VERSION_MINOR)
-    throw PluginLoadError(shown + ": built for plugin ABI " + lib_abi + ", newer than this tloop's ABI " + host_abi +
-                          "; upgrade tloop or rebuild the plugin against ABI " + host_abi);
-  if (info->torch_version != nullptr && std::strcmp(info->torch_version, host_torch_version()) != 0)
-    throw PluginLoadError(shown + ": built against LibTorch " + info->torch_version + ", but this tloop runs LibTorch " +
-                          host_torch_version() + "; rebuild the plugin against LibTorch " + host_torch_version());
-
-  std::vector<LoadedPlugin> found;
-  for (uint32_t i = 0; i < info->plugin_count; ++i) {
-    const tloop_plugin_descriptor* d = info->plugins[i];
-    if (d == nullptr || d->struct_size < offsetof(tloop_plugin_descriptor, task) + sizeof(void*) || d->name == nullptr ||
-        *d->name == '\0')
-      throw PluginLoadError(shown + ": plugin descriptor " + std::to_string(i) + " is invalid");
-    const std::string where = shown + ": plugin '" + d->name + "'";
-    // What `tloop new` accepts: a name that is a TOML bare key, a file name and a C identifier.
-    if (!std::regex_match(d->name, std::regex("[a-z][a-z0-9_]*")))
-      throw PluginLoadError(where + ": a plugin name is lowercase letters, digits and '_', starting with a letter");
-    if (d->kind == TLOOP_KIND_HOOK) {
-      if (d->hook == nullptr || d->hook->create == nullptr || d->hook->destroy == nullptr)
-        throw PluginLoadError(where + " is a hook without create/destroy");
-    } else if (d->kind == TLOOP_KIND_TASK) {
-      const tloop_task_vtable* t = d->task;
-      if (t == nullptr || t->create == nullptr || t->destroy == nullptr || t->setup == nullptr ||
-          t->next_batch == nullptr || t->forward == nullptr)
-        throw PluginLoadError(where + " is a task without create/destroy/setup/next_batch/forward");
-    } else {
-      throw PluginLoadError(where + " has an unknown kind " + std::to_string(static_cast<int>(d->kind)));
-    }
-    tloop_hook_phase phase = TLOOP_PHASE_UPDATE;  // hooks built for 1.2 or older
-    if (d->kind == TLOOP_KIND_HOOK && info->abi_minor >= 3 && TLOOP_HAS_MEMBER(d->hook, tloop_hook_vtable, phase)) {
-      if (d->hook->phase < TLOOP_PHASE_UPDATE || d->hook->phase > TLOOP_PHASE_SAVE)
-        throw PluginLoadError(where + " declares phase " + std::to_string(d->hook->phase) + ", not a tloop_hook_phase (" +
-                              std::to_string(TLOOP_PHASE_UPDATE) + " to " + std::to_string(TLOOP_PHASE_SAVE) + ")");
-      phase = static_cast<tloop_hook_phase>(d->hook->phase);
-    }
-    found.push_back({d->name, d->kind, d->version ? d->version : "", d->description ? d->description : "", shown,
-                     schema_from(*d, info->abi_minor, where), d, info->abi_minor, phase});
-  }
+  std::vector<LoadedPlugin> found = plugins_of(info, shown);
   for (size_t i = 0; i < found.size(); ++i) {
     const LoadedPlugin* existing = find(found[i].name);
     if (existing == nullptr)

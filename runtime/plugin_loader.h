@@ -62,6 +62,11 @@ struct PluginSearch {
 /// std::nullopt when it is one. `system_error` (if given) tells the last case.
 std::optional<std::string> directory_problem(const std::filesystem::path& path, bool* system_error = nullptr);
 
+/// The plugins a library's entry point returned, checked as the loader
+/// checks them: the record, the ABI and LibTorch versions, each descriptor
+/// and its options. `shown` names the library in errors. Throws PluginLoadError.
+std::vector<LoadedPlugin> plugins_of(const tloop_library* info, const std::string& shown);
+
 class Catalog {
  public:
   /// Loads one library and registers its plugins; throws PluginLoadError.

@@ -10,6 +10,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace tloop {
@@ -71,6 +72,8 @@ struct RunSpec {
 
 /// Parses `file` and applies `--set key.path=value` overrides. Throws SpecError.
 toml::table parse_spec(const std::string& file, const std::vector<std::string>& overrides);
+/// The same for a spec's text; `file` names it in messages.
+toml::table parse_spec_text(std::string_view text, const std::string& file, const std::vector<std::string>& overrides);
 
 /// Where the spec's plugins are searched: the default directories, then the
 /// validated `[plugins] paths` (defaults filled in `root`; relative ones

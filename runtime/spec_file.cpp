@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 
 namespace tloop {
 namespace fs = std::filesystem;
@@ -14,9 +16,16 @@ namespace fs = std::filesystem;
 toml::table parse_spec(const std::string& file, const std::vector<std::string>& overrides) {
   std::error_code ec;
   if (!fs::is_regular_file(file, ec)) throw SpecError({file + ": spec file not found"});
+  std::ifstream in(file, std::ios::binary);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (!in.good() && !in.eof()) throw SpecError({file + ": cannot be read"});
+  return parse_spec_text(text, file, overrides);
+}
+
+toml::table parse_spec_text(std::string_view text, const std::string& file, const std::vector<std::string>& overrides) {
   toml::table root;
   try {
-    root = toml::parse_file(file);
+    root = toml::parse(text, file);
   } catch (const toml::parse_error& e) {
     throw SpecError({where(e.source(), file) + ": " + std::string(e.description())});
   }

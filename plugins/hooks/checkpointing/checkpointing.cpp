@@ -12,6 +12,7 @@
 // A load verifies the manifest and falls back to the newest valid checkpoint
 // when the newest is damaged, moving the damaged one aside (damaged-<name>):
 // nothing is deleted but what pruning removes by the keep rules.
+#include "checkpoint_reader.h"
 #include "durable_io.h"
 
 #include <tloop/torch.hpp>
@@ -31,6 +32,7 @@
 #include <regex>
 #include <set>
 #include <thread>
+#include <variant>
 
 namespace {
 namespace fs = std::filesystem;
@@ -143,34 +145,6 @@ void write_checkpoint(const fs::path& root, const std::string& name, const Snaps
   checkpointing::fsync_directory(root);
 }
 
-/// Checks every file against the manifest; returns "" when valid, else what is wrong.
-std::string verify_checkpoint(const fs::path& dir) {
-  json manifest;
-  try {
-    const std::vector<char> bytes = checkpointing::read_file(dir / "manifest.json");
-    manifest = json::parse(bytes.begin(), bytes.end());
-  } catch (const std::exception& e) {
-    return (dir / "manifest.json").string() + ": missing or unreadable";
-  }
-  if (!manifest.contains("files") || !manifest["files"].is_object() || manifest["files"].empty())
-    return (dir / "manifest.json").string() + ": lists no files";
-  for (const auto& [file, info] : manifest["files"].items()) {
-    const fs::path path = dir / file;
-    std::vector<char> bytes;
-    try {
-      bytes = checkpointing::read_file(path);
-    } catch (const std::exception&) {
-      return path.string() + ": missing";
-    }
-    if (bytes.size() != info.value("size", size_t{0}))
-      return path.string() + ": size " + std::to_string(bytes.size()) + " differs from the manifest's " +
-             std::to_string(info.value("size", size_t{0}));
-    if (checkpointing::crc32_of(bytes.data(), bytes.size()) != info.value("crc32", uint32_t{0}))
-      return path.string() + ": checksum mismatch (the file is damaged)";
-  }
-  return "";
-}
-
 // "500" -> 500, "500_keep" -> 500; anything else -> -1.
 int64_t step_of(const std::string& name) {
   static const std::regex re("([0-9]+)(_keep)?");
@@ -270,14 +244,14 @@ class Checkpointing : public tloop::Hook {
     if (load_ != "latest") {
       const fs::path dir = resolve_load(load_);
       if (!fs::is_directory(dir)) throw std::invalid_argument("load: no checkpoint at '" + load_ + "' (" + dir.string() + ")");
-      const std::string problem = verify_checkpoint(dir);
+      const std::string problem = checkpointing::verify_checkpoint(dir);
       if (!problem.empty()) throw std::invalid_argument("load: checkpoint " + dir.string() + " is damaged: " + problem);
       load(ctx, dir);
       return;
     }
     std::vector<std::string> damaged;
     for (const fs::path& dir : candidates()) {
-      const std::string problem = verify_checkpoint(dir);
+      const std::string problem = checkpointing::verify_checkpoint(dir);
       if (problem.empty()) {
         load(ctx, dir);
         return;
@@ -344,7 +318,7 @@ class Checkpointing : public tloop::Hook {
   std::vector<fs::path> candidates() const {
     std::vector<fs::path> out;
     if (fs::exists(root_ / "latest")) {
-      std::vector<char> bytes = checkpointing::read_file(root_ / "latest");
+      std::vector<char> bytes = checkpointing::read_file(root_ / "latest", 4096);  // a name and a newline
       std::string name(bytes.begin(), bytes.end());
       name.erase(name.find_last_not_of(" \n\r\t") + 1);
       if (step_of(name) >= 0 && fs::is_directory(root_ / name)) out.push_back(root_ / name);
@@ -434,23 +408,24 @@ class Checkpointing : public tloop::Hook {
     }
   }
 
+  // The files load() reads were just checked against the manifest, sizes
+  // included, by verify_checkpoint: their size on disk is their bound.
+  static constexpr uint64_t kVerified = UINT64_MAX;
+
   void load(tloop::Context& ctx, const fs::path& dir) {
     tloop::RunState state(ctx);
     reading(dir / "model.pt", [&] {
-      for (const auto& [name, t] : tloop::load_tensors(checkpointing::read_file(dir / "model.pt")))
+      for (const auto& [name, t] : tloop::load_tensors(checkpointing::read_file(dir / "model.pt", kVerified)))
         state.put(TLOOP_STATE_MODEL + name, t);
     });
     reading(dir / "state.pt", [&] {
-      for (const auto& [name, t] : tloop::load_tensors(checkpointing::read_file(dir / "state.pt"))) state.put(name, t);
+      for (const auto& [name, t] : tloop::load_tensors(checkpointing::read_file(dir / "state.pt", kVerified)))
+        state.put(name, t);
     });
     reading(dir / "state.json", [&] {
-      const std::vector<char> bytes = checkpointing::read_file(dir / "state.json");
-      const json scalars = json::parse(bytes.begin(), bytes.end());  // named: items() must not outlive it
-      for (const auto& [key, v] : scalars.items()) {
-        if (v.contains("int")) state.put(key, v["int"].get<int64_t>());
-        else if (v.contains("double")) state.put(key, v["double"].get<double>());
-        else state.put(key, v["string"].get<std::string>());
-      }
+      for (const auto& [key, value] :
+           checkpointing::parse_state_json(checkpointing::read_file(dir / "state.json", kVerified)))
+        std::visit([&, &key = key](const auto& v) { state.put(key, v); }, value);
     });
     try {
       state.restore(dir.string());  // the host's reason, if it refuses, is in the error

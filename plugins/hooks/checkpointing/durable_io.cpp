@@ -1,12 +1,12 @@
 #include "durable_io.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
 #include <cerrno>
 #include <cstring>
-#include <fstream>
 #include <stdexcept>
 
 namespace checkpointing {
@@ -62,10 +62,30 @@ void fsync_directory(const std::filesystem::path& dir) {
   if (rc != 0) throw os_error("fsync failed", dir, err);
 }
 
-std::vector<char> read_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error(path.string() + ": cannot open");
-  return std::vector<char>(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+std::vector<char> read_file(const std::filesystem::path& path, uint64_t limit) {
+  // One descriptor for the check and the read: the file checked is the file read.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw std::runtime_error(path.string() + ": cannot open: " + std::strerror(errno));
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) throw std::runtime_error(path.string() + ": cannot read: " + std::strerror(errno));
+  if (!S_ISREG(st.st_mode)) throw std::runtime_error(path.string() + ": not a regular file");
+  if (static_cast<uint64_t>(st.st_size) > limit)
+    throw std::runtime_error(path.string() + ": " + std::to_string(st.st_size) + " bytes, more than the " +
+                             std::to_string(limit) + " expected");
+  std::vector<char> bytes(static_cast<size_t>(st.st_size));
+  size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t n = ::read(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw std::runtime_error(path.string() + ": cannot read: " + std::strerror(errno));
+    if (n == 0) throw std::runtime_error(path.string() + ": shorter than its size (changed while read)");
+    done += static_cast<size_t>(n);
+  }
+  return bytes;
 }
 
 uint32_t crc32_of(const char* data, size_t size) {

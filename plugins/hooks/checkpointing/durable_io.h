@@ -34,7 +34,10 @@ class DurableFile {
 
 /// fsync on a directory, so that renames and new entries in it are durable.
 void fsync_directory(const std::filesystem::path& dir);
-std::vector<char> read_file(const std::filesystem::path& path);
+/// The whole of a regular file of at most `limit` bytes. Throws
+/// std::runtime_error naming the file when it cannot be read, is not a
+/// regular file, or is larger (nothing is read then).
+std::vector<char> read_file(const std::filesystem::path& path, uint64_t limit);
 /// CRC-32 (zlib's polynomial). Not cryptographic: it detects corruption,
 /// which is what a checkpoint manifest needs.
 uint32_t crc32_of(const char* data, size_t size);
