@@ -70,8 +70,8 @@ update() {
     tomlplusplus)
       rm -rf "$out/include" && take_tree "$g" "$ref" include/toml++ "$out"
       take "$g" "$ref" LICENSE "$out/LICENSE"
-      # Upstream's fix after the last release (README.md, "Patches").
-      patch -s -d "$out" -p1 <"$here/patches/tomlplusplus-e4bcc15-parse-key-precondition.patch" ;;
+      # Upstream's fixes after the last release (README.md, "Patches").
+      for p in "$here"/patches/tomlplusplus-*.patch; do patch -s -d "$out" -p1 <"$p"; done ;;
     spdlog)  # with its bundled fmt, header-only
       rm -rf "$out/include" && take_tree "$g" "$ref" include/spdlog "$out"
       take "$g" "$ref" LICENSE "$out/LICENSE" ;;
