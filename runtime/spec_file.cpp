@@ -44,7 +44,12 @@ toml::table parse_spec_text(std::string_view text, const std::string& file, cons
     try {
       holder = parse_literal(value, source);
     } catch (const toml::parse_error&) {
-      holder = parse_literal(detail::toml_quote(value), source);  // a bare word is a string
+      try {
+        holder = parse_literal(detail::toml_quote(value), source);  // a bare word is a string
+      } catch (const toml::parse_error& e) {  // not even a string: invalid UTF-8, a control character
+        problems.push_back(source + ": " + std::string(e.description()));
+        continue;
+      }
     }
     // Keys an override adds carry its source, so that an error about them
     // names the override, not the spec file.

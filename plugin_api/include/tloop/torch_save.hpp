@@ -12,7 +12,6 @@
 #include <ATen/core/Tensor.h>
 #include <caffe2/serialize/inline_container.h>
 #include <torch/csrc/jit/serialization/export.h>
-#include <torch/csrc/jit/serialization/pickle.h>
 #include <torch/csrc/jit/serialization/pickler.h>
 #include <torch/csrc/jit/serialization/unpickler.h>
 #include <caffe2/serialize/read_adapter_interface.h>
@@ -127,10 +126,11 @@ inline uint64_t view_extent(const at::Tensor& t) {
 /// since it was written. Loading never runs code (LibTorch's unpickler knows
 /// a fixed set of globals), allocates at most about the file's size, and
 /// refuses, before any tensor's data is touched, what LibTorch's reader and
-/// unpickler would take on trust: records that claim more bytes than the file
-/// holds (a compressed zip entry: check_zip), a record read twice, a storage that claims more
-/// bytes than its record, a view beyond its storage, and a pickle whose
-/// lengths, memo or nesting do not hold (check_pickle).
+/// unpickler would take on trust: records that claim more bytes than the
+/// file holds (a compressed zip entry: check_zip), a record read twice, a
+/// storage that claims more bytes than its record, a view beyond its
+/// storage, and a pickle whose lengths, memo or nesting do not hold
+/// (check_pickle).
 inline std::vector<std::pair<std::string, at::Tensor>> load_tensors(const std::vector<char>& bytes) {
   check_zip(bytes.data(), bytes.size());  // before the reader allocates what the directory says
   caffe2::serialize::PyTorchStreamReader reader(std::make_shared<detail::BytesReadAdapter>(bytes));
