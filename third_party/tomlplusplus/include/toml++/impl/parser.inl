@@ -1063,7 +1063,8 @@ TOML_IMPL_NAMESPACE_START
 	class parser
 	{
 	  private:
-		static constexpr size_t max_nested_values = TOML_MAX_NESTED_VALUES;
+		static constexpr size_t max_nested_values	  = TOML_MAX_NESTED_VALUES;
+		static constexpr size_t max_dotted_keys_depth = TOML_MAX_DOTTED_KEYS_DEPTH;
 
 		utf8_buffered_reader reader;
 		table root;
@@ -3085,6 +3086,11 @@ TOML_IMPL_NAMESPACE_START
 				// store segment
 				key_buffer.push_back(key_segment, key_begin, key_end);
 
+				if TOML_UNLIKELY(key_buffer.size() > max_dotted_keys_depth)
+					set_error_and_return_default("exceeded maximum dotted keys depth of "sv,
+												 max_dotted_keys_depth,
+												 " (TOML_MAX_DOTTED_KEYS_DEPTH)"sv);
+
 				// eof or no more key to come
 				if (is_eof() || *cp != U'.')
 					break;
@@ -3625,6 +3631,9 @@ TOML_IMPL_NAMESPACE_START
 					continue;
 				}
 				prev = parse_type::val;
+
+				if (is_value_terminator(*cp))
+					set_error_and_return_default("expected value or closing ']', saw '"sv, to_sv(*cp), "'"sv);
 
 				auto val = parse_value();
 				return_if_error({});
