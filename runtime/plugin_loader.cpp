@@ -93,6 +93,12 @@ Schema schema_from(const tloop_plugin_descriptor& d, uint32_t abi_minor, const s
   const uint32_t stride = d.option_count > 0 ? d.options[0].struct_size : 0;
   if (d.option_count > 0 && stride < offsetof(tloop_option_desc, choices) + sizeof(const char*))
     throw PluginLoadError(where + ": its options have struct_size " + std::to_string(stride) + ", less than any ABI's");
+  // An array's stride is its element's size, a multiple of its alignment:
+  // anything else would have the host read misaligned structs.
+  if (stride % alignof(tloop_option_desc) != 0)
+    throw PluginLoadError(where + ": its options have struct_size " + std::to_string(stride) +
+                          ", not a multiple of the struct's alignment (" + std::to_string(alignof(tloop_option_desc)) +
+                          ")");
   for (uint32_t i = 0; i < d.option_count; ++i) {
     const tloop_option_desc& o = *TLOOP_ARRAY_AT(tloop_option_desc, d.options, i);
     if (o.struct_size != stride)

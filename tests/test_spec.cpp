@@ -185,3 +185,16 @@ TEST_CASE("the SDK refuses an option named like a run-spec key when the descript
                          tloop::Error);
   }
 }
+
+// Found by scripts/fuzz or alongside it: each once crashed the parser (a
+// stack overflow) or was undefined behaviour in it (third_party/README.md).
+TEST_CASE("hostile TOML is a parse error: a key of 300,000 dotted parts, a brace in an array, a header of an ampersand") {
+  TempDir dir;
+  std::string dotted = "a";
+  for (int i = 1; i < 300000; ++i) dotted += ".a";
+  expect_bad_input(run_cli(dir, dotted + " = 1\n" + kTask), {"exceeded maximum dotted keys depth of 1024"});
+  expect_bad_input(run_cli(dir, "x = [[}]]\n" + kTask), {"spec.toml:3:7: Error while parsing array: expected value or closing ']', saw '}'"});
+  expect_bad_input(run_cli(dir, "[&\n" + kTask),
+                   {"spec.toml:3:2: Error while parsing table header: expected bare key starting character or string "
+                    "delimiter, saw '&'"});
+}
