@@ -41,7 +41,13 @@ function(tloop_add_plugin name)
   # Every symbol resolved at link time: a missing one fails the build, not the run.
   # What static libraries bring in (zlib, ...) stays private to the plugin, so
   # that no other library's copy of those symbols can stand in for them.
-  target_link_options(${name} PRIVATE "LINKER:--no-undefined" "LINKER:--exclude-libs,ALL")
+  # -Bsymbolic-functions: the plugin's calls to functions it defines go to its
+  # own copies. Instantiations of std:: templates are exported whatever the
+  # visibility, and libraries LibTorch loads export theirs (cuSPARSELt's
+  # std::vector<long>::emplace_back frees with free() what operator new
+  # allocated: AddressSanitizer caught a plugin bound to it).
+  target_link_options(${name} PRIVATE "LINKER:--no-undefined" "LINKER:--exclude-libs,ALL"
+                      "LINKER:-Bsymbolic-functions")
   if(CMAKE_CXX_COMPILER_LOADED)
     tloop_link_shared_libstdcxx_first(${name} PRIVATE)
   endif()
