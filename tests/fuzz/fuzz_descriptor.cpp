@@ -95,7 +95,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     char* options = d.option_count && in.u8() % 16 ? static_cast<char*>(in.block(element * d.option_count)) : nullptr;
     for (uint32_t k = 0; options && k < d.option_count; ++k) {
       tloop_option_desc o{};
-      o.struct_size = in.u8() % 16 == 0 ? in.struct_size(sizeof o) : stride;
+      // The first element's struct_size is the array's stride (the loader reads
+      // the array with it); a later one may differ, which the loader refuses.
+      o.struct_size = k > 0 && in.u8() % 16 == 0 ? in.struct_size(sizeof o) : stride;
       o.name = in.u8() % 16 == 0 ? nullptr : in.str();
       o.type = static_cast<tloop_value_type>(in.u8() % 10);
       o.default_value = in.maybe_str();
