@@ -51,28 +51,38 @@ std::vector<ManifestEntry> parse_manifest(const std::vector<char>& bytes) {
 
 std::string verify_checkpoint(const fs::path& dir) {
   const fs::path manifest_file = dir / "manifest.json";
+  std::vector<char> bytes;
+  try {
+    bytes = read_file(manifest_file, kMaxManifestBytes);
+  } catch (const std::exception& e) {
+    std::error_code ec;
+    if (!fs::exists(manifest_file, ec)) return manifest_file.string() + ": missing or unreadable";
+    return e.what();  // names the file: not a regular file, too large, unreadable
+  }
   std::vector<ManifestEntry> files;
   try {
-    files = parse_manifest(read_file(manifest_file, kMaxManifestBytes));
+    files = parse_manifest(bytes);
   } catch (const std::exception& e) {
     return manifest_file.string() + ": " + e.what();
   }
   for (const ManifestEntry& entry : files) {
     const fs::path path = dir / entry.file;
     std::error_code ec;
-    if (!fs::is_regular_file(fs::symlink_status(path, ec))) return path.string() + ": missing (or not a file)";
+    const fs::file_status status = fs::symlink_status(path, ec);
+    if (!fs::exists(status)) return path.string() + ": missing";
+    if (!fs::is_regular_file(status)) return path.string() + ": not a regular file";
     const uint64_t size = fs::file_size(path, ec);
     if (ec) return path.string() + ": cannot be read: " + ec.message();
     if (size != entry.size)
       return path.string() + ": size " + std::to_string(size) + " differs from the manifest's " +
              std::to_string(entry.size);
-    std::vector<char> bytes;
+    std::vector<char> content;
     try {
-      bytes = read_file(path, entry.size);
+      content = read_file(path, entry.size);
     } catch (const std::exception& e) {
       return e.what();
     }
-    if (crc32_of(bytes.data(), bytes.size()) != entry.crc32)
+    if (crc32_of(content.data(), content.size()) != entry.crc32)
       return path.string() + ": checksum mismatch (the file is damaged)";
   }
   return "";
