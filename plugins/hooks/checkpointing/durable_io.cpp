@@ -65,13 +65,13 @@ void fsync_directory(const std::filesystem::path& dir) {
 std::vector<char> read_file(const std::filesystem::path& path, uint64_t limit) {
   // One descriptor for the check and the read: the file checked is the file read.
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw std::runtime_error(path.string() + ": cannot open: " + std::strerror(errno));
+  if (fd < 0) throw os_error("cannot open", path, errno);
   struct Closer {
     int fd;
     ~Closer() { ::close(fd); }
   } closer{fd};
   struct stat st {};
-  if (::fstat(fd, &st) != 0) throw std::runtime_error(path.string() + ": cannot read: " + std::strerror(errno));
+  if (::fstat(fd, &st) != 0) throw os_error("cannot read", path, errno);
   if (!S_ISREG(st.st_mode)) throw std::runtime_error(path.string() + ": not a regular file");
   if (static_cast<uint64_t>(st.st_size) > limit)
     throw std::runtime_error(path.string() + ": " + std::to_string(st.st_size) + " bytes, more than the " +
@@ -81,7 +81,7 @@ std::vector<char> read_file(const std::filesystem::path& path, uint64_t limit) {
   while (done < bytes.size()) {
     const ssize_t n = ::read(fd, bytes.data() + done, bytes.size() - done);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) throw std::runtime_error(path.string() + ": cannot read: " + std::strerror(errno));
+    if (n < 0) throw os_error("cannot read", path, errno);
     if (n == 0) throw std::runtime_error(path.string() + ": shorter than its size (changed while read)");
     done += static_cast<size_t>(n);
   }
