@@ -56,6 +56,26 @@ Schema make_scheduler_schema() {
       option("min_lr_ratio", 0.0, "cosine/linear: final learning rate as a fraction of lr").range(0, 1),
   };
 }
+Schema make_eval_schema() {
+  return {
+      option("interval", 0,
+             "steps between evaluations during training (0: none); when on, the last step always evaluates")
+          .at_least(0),
+      option("interval_epochs", 0,
+             "epochs between evaluations, at an epoch's last step, instead of interval (needs a task with epochs)")
+          .at_least(0),
+      option("splits", std::vector<std::string>{}, "splits evaluated during training; []: the task's first"),
+      option("metrics", std::vector<std::string>{},
+             "accuracy | top_k_accuracy | mse | mae | mean:<output>; []: the task's defaults (its records are "
+             "always aggregated)"),
+      option("top_k", 5, "k of top_k_accuracy (logged as top_<k>_accuracy)").at_least(1),
+      option("max_batches", 0, "batches per split in one evaluation (0: the whole split)").at_least(0),
+      option("sanity_batches", 0,
+             "batches of each split evaluated before the first step, which catches a broken evaluation before "
+             "hours of training (0: none); nothing is logged")
+          .at_least(0),
+  };
+}
 Schema make_plugins_schema() {
   return {option("paths", std::vector<std::string>{},
                  "extra plugin directories, searched after the built-in ones and TLOOP_PLUGIN_PATH"),
@@ -69,7 +89,7 @@ const Schema& core_schema(const std::string& section) {
   static const std::map<std::string, Schema> schemas = {
       {"run", make_run_schema()},           {"trainer", make_trainer_schema()},
       {"optimizer", make_optimizer_schema()}, {"scheduler", make_scheduler_schema()},
-      {"plugins", make_plugins_schema()},
+      {"plugins", make_plugins_schema()},   {"eval", make_eval_schema()},
   };
   return schemas.at(section);
 }

@@ -24,6 +24,11 @@ const Ext* find_extension(const LoadedPlugin& plugin, const Vtable* vt, const ch
   const auto* ext = get ? static_cast<const Ext*>(get(id)) : nullptr;
   return ext && ext->struct_size >= sizeof(Ext) ? ext : nullptr;
 }
+
+// Collects the names a plugin visits (splits, metrics, variants).
+void collect_name(void* user, const char* name) {
+  if (name != nullptr) static_cast<std::vector<std::string>*>(user)->emplace_back(name);
+}
 }  // namespace
 
 ProfilerRange::ProfilerRange(const std::string& label, const char* event) {
@@ -72,7 +77,8 @@ HookInstance::HookInstance(const LoadedPlugin& plugin, Host& host, const toml::t
       vt_(plugin.descriptor->hook),
       on_error_(on_error),
       state_prefix_(TLOOP_STATE_HOOKS + state_key + "/"),
-      micro_events_(find_extension<tloop_micro_step_events_v1>(plugin, vt_, TLOOP_MICRO_STEP_EVENTS_ID)) {}
+      micro_events_(find_extension<tloop_micro_step_events_v1>(plugin, vt_, TLOOP_MICRO_STEP_EVENTS_ID)),
+      eval_events_(find_extension<tloop_eval_events_v1>(plugin, vt_, TLOOP_EVAL_EVENTS_ID)) {}
 
 template <class Fn, class... Args>
 void HookInstance::event(const char* name, Fn fn, Args... args) {
@@ -100,6 +106,19 @@ void HookInstance::before_backward(int64_t micro_step) {
 }
 void HookInstance::after_backward(int64_t micro_step) {
   event("after_backward", micro_events_->after_backward, micro_step);
+}
+
+std::vector<std::string> HookInstance::eval_variants() {
+  std::vector<std::string> names;
+  if (eval_events_) call("eval_variants", eval_events_->visit_variants, &collect_name, static_cast<void*>(&names));
+  return names;
+}
+void HookInstance::before_eval(const tloop_eval_pass& pass) { event("before_eval", eval_events_->before_eval, &pass); }
+void HookInstance::after_eval_batch(const tloop_eval_pass& pass, int64_t batch) {
+  event("after_eval_batch", eval_events_->after_eval_batch, &pass, batch);
+}
+void HookInstance::after_eval(const tloop_eval_pass& pass, const tloop_metric* metrics, size_t count) {
+  event("after_eval", eval_events_->after_eval, &pass, metrics, count);
 }
 
 void HookInstance::resume() { call("resume", TLOOP_VT(vt_, tloop_hook_vtable, resume)); }
@@ -135,7 +154,37 @@ void HookInstance::load_state_dict(const StateDict& in) {
 TaskInstance::TaskInstance(const LoadedPlugin& plugin, Host& host, const toml::table& options, std::string label)
     : PluginInstance(plugin, host, options, std::move(label)),
       vt_(plugin.descriptor->task),
-      epochs_(find_extension<tloop_epochs_v1>(plugin, vt_, TLOOP_EPOCHS_ID)) {}
+      epochs_(find_extension<tloop_epochs_v1>(plugin, vt_, TLOOP_EPOCHS_ID)),
+      eval_(find_extension<tloop_eval_v1>(plugin, vt_, TLOOP_EVAL_ID)) {}
+
+std::vector<std::string> TaskInstance::eval_splits() {
+  std::vector<std::string> names;
+  if (eval_) call("eval_splits", eval_->visit_splits, &collect_name, static_cast<void*>(&names));
+  if (!names.empty() && (!eval_->eval_begin || !eval_->eval_next || !eval_->eval_forward))
+    throw PluginError(label_ + " declares evaluation splits but not eval_begin, eval_next and eval_forward (tloop.eval/1)");
+  return names;
+}
+std::vector<std::string> TaskInstance::default_metrics(const std::string& split) {
+  std::vector<std::string> names;
+  if (eval_) call("default_metrics", eval_->visit_default_metrics, split.c_str(), &collect_name, static_cast<void*>(&names));
+  return names;
+}
+void TaskInstance::set_training(bool training) {
+  if (eval_) call("set_training", eval_->set_training, static_cast<int32_t>(training));
+}
+std::optional<int64_t> TaskInstance::eval_begin(const std::string& split) {
+  int64_t batches = -1;
+  call("eval_begin", eval_->eval_begin, split.c_str(), &batches);
+  return batches >= 0 ? std::optional<int64_t>(batches) : std::nullopt;
+}
+bool TaskInstance::eval_next() {
+  const tloop_status status = invoke(eval_->eval_next);
+  if (status == TLOOP_NOT_FOUND) return false;
+  if (status != TLOOP_OK) fail("eval_next", status);
+  return true;
+}
+void TaskInstance::eval_forward(bool predict) { call("eval_forward", eval_->eval_forward, static_cast<int32_t>(predict)); }
+void TaskInstance::eval_end(const std::string& split) { call("eval_end", eval_->eval_end, split.c_str()); }
 
 void TaskInstance::setup() { call("setup", vt_->setup); }
 void TaskInstance::next_batch() { call("next_batch", vt_->next_batch); }

@@ -105,6 +105,12 @@ class HookInstance : public PluginInstance {
   void after_forward(int64_t micro_step);
   void before_backward(int64_t micro_step);
   void after_backward(int64_t micro_step);
+  /// tloop.eval_events/1, when the hook offers it.
+  bool wants_eval_events() const { return eval_events_ != nullptr; }
+  std::vector<std::string> eval_variants();
+  void before_eval(const tloop_eval_pass& pass);
+  void after_eval_batch(const tloop_eval_pass& pass, int64_t batch);
+  void after_eval(const tloop_eval_pass& pass, const tloop_metric* metrics, size_t count);
 
  private:
   /// A training event: call() under the hook's on_error policy.
@@ -117,6 +123,7 @@ class HookInstance : public PluginInstance {
   log::RepeatedWarning failures_;
   std::string state_prefix_;  // "hooks/<state key>/"
   const tloop_micro_step_events_v1* micro_events_ = nullptr;
+  const tloop_eval_events_v1* eval_events_ = nullptr;
 };
 
 class TaskInstance : public PluginInstance {
@@ -133,9 +140,21 @@ class TaskInstance : public PluginInstance {
   /// length that is not positive.
   std::optional<int64_t> batches_per_epoch();
 
+  /// tloop.eval/1: the splits the task evaluates (none without the extension).
+  std::vector<std::string> eval_splits();
+  std::vector<std::string> default_metrics(const std::string& split);
+  void set_training(bool training);
+  /// Starts a pass over `split`: its batch count, or std::nullopt when unknown.
+  std::optional<int64_t> eval_begin(const std::string& split);
+  /// False at the split's end.
+  bool eval_next();
+  void eval_forward(bool predict);
+  void eval_end(const std::string& split);
+
  private:
   const tloop_task_vtable* vt_;
   const tloop_epochs_v1* epochs_ = nullptr;
+  const tloop_eval_v1* eval_ = nullptr;
 };
 
 }  // namespace tloop

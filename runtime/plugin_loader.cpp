@@ -40,22 +40,24 @@ const char* phase_name(tloop_hook_phase phase) {
   return "?";
 }
 
-std::vector<size_t> dispatch_order(const std::vector<tloop_hook_phase>& phases) {
+int phase_rank(tloop_hook_phase phase) {
   // measure, update, evaluate, monitor, log, save (update is 0 to be the default).
-  auto rank = [](tloop_hook_phase p) {
-    switch (p) {
-      case TLOOP_PHASE_MEASURE: return 0;
-      case TLOOP_PHASE_UPDATE: return 1;
-      case TLOOP_PHASE_EVALUATE: return 2;
-      case TLOOP_PHASE_MONITOR: return 3;
-      case TLOOP_PHASE_LOG: return 4;
-      case TLOOP_PHASE_SAVE: return 5;
-    }
-    return 1;
-  };
+  switch (phase) {
+    case TLOOP_PHASE_MEASURE: return 0;
+    case TLOOP_PHASE_UPDATE: return 1;
+    case TLOOP_PHASE_EVALUATE: return 2;
+    case TLOOP_PHASE_MONITOR: return 3;
+    case TLOOP_PHASE_LOG: return 4;
+    case TLOOP_PHASE_SAVE: return 5;
+  }
+  return 1;
+}
+
+std::vector<size_t> dispatch_order(const std::vector<tloop_hook_phase>& phases) {
   std::vector<size_t> order(phases.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return rank(phases[a]) < rank(phases[b]); });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t a, size_t b) { return phase_rank(phases[a]) < phase_rank(phases[b]); });
   return order;
 }
 

@@ -44,6 +44,8 @@ const char* phase_name(tloop_hook_phase phase);
 /// The order in which the host calls hooks listed with these phases: by
 /// phase, and within a phase in list order. Returns list indices.
 std::vector<size_t> dispatch_order(const std::vector<tloop_hook_phase>& phases);
+/// A phase's place in the dispatch order: measure 0, update 1, ..., save 5.
+int phase_rank(tloop_hook_phase phase);
 
 /// Where plugins are searched, and how strictly.
 struct PluginSearch {

@@ -6,6 +6,8 @@
 
 #include <ATen/Context.h>
 #include <ATen/core/grad_mode.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/stack.h>
 #include <nlohmann/json.hpp>
 #include <torch/cuda.h>
 #include <tloop/keys.h>
@@ -173,13 +175,80 @@ void Run::create_plugins() {
                                                     use.key_path + " (" + use.plugin + ")", use.state_key,
                                                     on_error_from(use.on_error)));
   }
+  evaluator_ = std::make_unique<Evaluator>(s.eval, *host_, *task_, hooks_, device_,
+                                           TrainerConfig::from(s, device_).autocast_dtype);
+  check_eval_spec();
+}
+
+void Run::check_eval_spec() const {
+  const toml::table& ev = *spec_.resolved["eval"].as_table();
+  const auto at = [&](const toml::node* n) { return where(n ? n->source() : ev.source(), spec_.file); };
+  const std::vector<std::string>& splits = evaluator_->task_splits();
+  if (splits.empty()) {
+    for (const char* key : {"interval", "interval_epochs", "sanity_batches"})
+      if (ev[key].value_or<int64_t>(0) > 0)
+        throw SpecError({str(at(ev.get(key)), ": eval.", key, ": ", task_->label(),
+                             " declares no evaluation splits (tloop.eval/1), so there is nothing to evaluate")});
+    return;
+  }
+  std::vector<std::string> problems;
+  const toml::array* listed = ev["splits"].as_array();
+  for (size_t i = 0; listed && i < listed->size(); ++i) {
+    const std::string name = listed->get(i)->value_or<std::string>("");
+    if (std::find(splits.begin(), splits.end(), name) != splits.end()) continue;
+    std::string msg = str(at(listed->get(i)), ": eval.splits: ", task_->label(), " has no split '", name, "'");
+    if (const std::string s = closest_match(name, splits); !s.empty()) msg += "; did you mean '" + s + "'?";
+    problems.push_back(msg + " (splits: " + join(splits, ", ") + ")");
+  }
+  if (!problems.empty()) throw SpecError(problems);
 }
 
 void Run::execute() {
+  build(/*training=*/true);
+  const auto t0 = std::chrono::steady_clock::now();
+  struct FlushLog {
+    ~FlushLog() { log::flush(); }
+  } flush_log;  // the log file is complete when execute returns, also on failure
+  trainer_->train();
+  seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+void Run::build(bool training) {
   const RunSpec& s = spec_;
   create_plugins();
-  const RunInfo& info = host_->info();
+  if (training) open_workspace();
+  // Evaluating a checkpoint writes nothing of a run; the lock keeps a
+  // training run from saving (or a resume from moving) checkpoints meanwhile.
+  else if (fs::is_directory(host_->info().workspace)) try {
+      lock_workspace(host_->info().workspace);
+    } catch (const std::runtime_error& e) {  // a read-only workspace: nothing can save there either
+      log::debug(str("evaluating without the workspace lock: ", e.what()));
+    }
 
+  task_->setup();
+  host_->close_registration();
+  std::vector<at::Tensor> params;
+  int64_t numel = 0;
+  for (const auto& [name, p] : host_->parameters())
+    if (p.requires_grad()) {
+      params.push_back(p);
+      numel += p.numel();
+    }
+  if (params.empty()) throw PluginError(task_->label() + " registered no trainable parameters in setup");
+  log::info(str("model: ", params.size(), " parameter tensors, ", numel, " values"));
+
+  optimizer_ = std::make_unique<Optimizer>(s.optimizer, params);
+  host_->set_param_groups(optimizer_.get());
+  if (training) host_->set_hooks(&hooks_);  // evaluating a checkpoint logs to no hook
+  trainer_ = std::make_unique<Trainer>(TrainerConfig::from(s, device_), *host_, *task_, hooks_, *optimizer_,
+                                       evaluator_.get());
+  host_->set_run_state([this](StateDict& out) { out = run_state(); },
+                       [this](const StateDict& in) { load_run_state(in); });
+}
+
+void Run::open_workspace() {
+  const RunSpec& s = spec_;
+  const RunInfo& info = host_->info();
   // Everything is valid: now the workspace may be written, by this run alone.
   // A workspace that cannot hold a run is bad input, like a wrong key.
   try {
@@ -206,32 +275,57 @@ void Run::execute() {
   add_metrics_file(*host_, fs::path(info.workspace) / "metrics.jsonl");
   log::info(str("run '", s.name, "': workspace ", info.workspace, ", device ", info.device, ", task ", s.task.plugin,
                 ", ", s.hooks.size(), " hooks"));
+}
 
-  task_->setup();
-  host_->close_registration();
-  std::vector<at::Tensor> params;
-  int64_t numel = 0;
-  for (const auto& [name, p] : host_->parameters())
-    if (p.requires_grad()) {
-      params.push_back(p);
-      numel += p.numel();
+Metrics Run::evaluate_checkpoint(const std::string& checkpoint, std::vector<std::string> splits, bool predict) {
+  // The hooks that load checkpoints (checkpointing: its option `load`) load this one.
+  size_t loaders = 0;
+  for (auto& use : spec_.hooks) {
+    const auto& schema = catalog_.find(use.plugin)->schema;
+    if (std::any_of(schema.begin(), schema.end(),
+                    [](const OptionSpec& o) { return o.name == "load" && o.type == TLOOP_TYPE_STRING; })) {
+      use.options.insert_or_assign("load", checkpoint);
+      ++loaders;
     }
-  if (params.empty()) throw PluginError(task_->label() + " registered no trainable parameters in setup");
-  log::info(str("model: ", params.size(), " parameter tensors, ", numel, " values"));
-
-  optimizer_ = std::make_unique<Optimizer>(s.optimizer, params);
-  host_->set_param_groups(optimizer_.get());
-  host_->set_hooks(&hooks_);
-  trainer_ = std::make_unique<Trainer>(TrainerConfig::from(s, device_), *host_, *task_, hooks_, *optimizer_);
-  host_->set_run_state([this](StateDict& out) { out = run_state(); },
-                       [this](const StateDict& in) { load_run_state(in); });
-
-  const auto t0 = std::chrono::steady_clock::now();
-  struct FlushLog {
-    ~FlushLog() { log::flush(); }
-  } flush_log;  // the log file is complete when execute returns, also on failure
-  trainer_->train();
-  seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  if (loaders == 0)
+    throw std::invalid_argument(spec_.file + ": no hook of the spec loads checkpoints (a hook with a `load` option, " +
+                                "such as checkpointing); list the one the training run used");
+  build(/*training=*/false);
+  for (auto& hook : hooks_) hook->resume();
+  if (host_->step() == 0)
+    throw std::invalid_argument("no checkpoint to evaluate: '" + checkpoint + "' found none for " + spec_.file +
+                                " (has the run saved one yet?)");
+  const std::vector<std::string>& known = evaluator_->task_splits();
+  if (known.empty())
+    throw std::invalid_argument(task_->label() + " declares no evaluation splits (tloop.eval/1): nothing to evaluate");
+  if (splits.empty()) splits = evaluator_->training_splits();
+  for (const auto& split : splits)
+    if (std::find(known.begin(), known.end(), split) == known.end()) {
+      std::string msg = "--split: " + task_->label() + " has no split '" + split + "'";
+      if (const std::string s = closest_match(split, known); !s.empty()) msg += "; did you mean '" + s + "'?";
+      throw std::invalid_argument(msg + " (splits: " + join(known, ", ") + ")");
+    }
+  log::info(str(predict ? "predicting" : "evaluating", " the checkpoint of step ", host_->step(), " on ",
+                join(splits, ", ")));
+  if (!predict) return evaluator_->evaluate(splits, Evaluator::Mode::kStandalone);
+  for (const auto& split : splits) {
+    Predictions outputs;
+    evaluator_->evaluate({split}, Evaluator::Mode::kPredict, &outputs);
+    const fs::path dir = fs::path(host_->info().workspace) / "predictions" / split;
+    fs::create_directories(dir);
+    std::vector<std::string> files;
+    int64_t rows = 0;
+    for (const auto& [name, parts] : outputs) {
+      const at::Tensor all = parts.front().dim() == 0 ? at::stack(parts) : at::cat(parts);
+      write_npy((dir / (name + ".npy")).string(), all);
+      files.push_back(name + ".npy");
+      rows = all.size(0);
+    }
+    log::info(str("wrote the predictions of step ", host_->step(), " for split '", split, "' (", rows, " rows) to ",
+                  dir.string(), ": ", join(files, ", ")));
+  }
+  return {};
 }
 
 Run::~Run() {
@@ -348,6 +442,11 @@ std::string Run::summary() const {
                         " s");
   if (trainer_->last_loss()) out += str(", loss ", *trainer_->last_loss());
   for (const auto& [k, v] : trainer_->last_records()) out += str(", ", k, " ", v);
+  for (const auto& [k, v] : trainer_->last_eval()) {
+    char rounded[32];
+    std::snprintf(rounded, sizeof(rounded), "%.4f", v);
+    out += str(", ", k, " ", rounded);
+  }
   return out;
 }
 

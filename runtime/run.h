@@ -38,8 +38,16 @@ class Run {
   /// first: what a plugin refuses in create is found without running
   /// (`tloop validate`). Plugins write nothing when created.
   void create_plugins();
-  /// "finished digits: 500/500 steps in 12.3 s, loss 0.012, holdout_accuracy 0.97"
+  /// "finished 'digits': 500/500 steps in 12.3 s, loss 0.012, accuracy 0.98, val/accuracy 0.9721"
   std::string summary() const;
+
+  /// `tloop eval` / `tloop predict`: restores `checkpoint` ("latest", "best",
+  /// a name or a directory) through the spec's hooks that load checkpoints
+  /// (an option `load`: checkpointing), then evaluates `splits` ([]: [eval]
+  /// splits, or the task's first) without training. With `predict`, writes
+  /// every published output under <workspace>/predictions/<split>/ as .npy
+  /// and returns no metrics. Writes nothing else in the workspace.
+  Metrics evaluate_checkpoint(const std::string& checkpoint, std::vector<std::string> splits, bool predict);
 
   /// The task's and every hook's state: "task/<key>", "hooks/<state key>/<key>".
   StateDict plugin_state() const;
@@ -56,6 +64,14 @@ class Run {
 
  private:
   Run() = default;
+  /// The workspace, the task's model, the optimizer and the trainer: all a
+  /// run needs before its first event.
+  void build(bool training);
+  /// [eval] against the task's splits; throws SpecError naming the key.
+  void check_eval_spec() const;
+  /// Creates and locks the workspace of a training run; its log file,
+  /// spec.resolved.toml and metrics.jsonl.
+  void open_workspace();
   /// Holds <workspace>/.tloop.lock for the run's life; throws std::invalid_argument
   /// (bad input) naming the holder when another run has it.
   void lock_workspace(const std::string& workspace);
@@ -67,6 +83,7 @@ class Run {
   std::unique_ptr<TaskInstance> task_;
   std::vector<std::unique_ptr<HookInstance>> hooks_;
   std::unique_ptr<Optimizer> optimizer_;
+  std::unique_ptr<Evaluator> evaluator_;
   std::unique_ptr<Trainer> trainer_;
   double seconds_ = 0.0;
 };

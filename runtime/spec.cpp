@@ -116,7 +116,7 @@ RunSpec resolve_spec(toml::table root, const std::string& file, const Catalog& c
   spec.file = file;
   std::vector<std::string> problems;
 
-  const std::vector<std::string> sections = {"run", "trainer", "task", "optimizer", "scheduler", "hooks", "plugins"};
+  const std::vector<std::string> sections = {"run", "trainer", "task", "optimizer", "scheduler", "hooks", "plugins", "eval"};
   for (auto&& [key, node] : root) {
     const std::string k(key.str());
     if (std::find(sections.begin(), sections.end(), k) != sections.end()) continue;
@@ -132,6 +132,7 @@ RunSpec resolve_spec(toml::table root, const std::string& file, const Catalog& c
   toml::table* optimizer = section(root, "optimizer", false, file, problems);
   toml::table* scheduler = section(root, "scheduler", false, file, problems);
   toml::table* plugins = section(root, "plugins", false, file, problems);
+  toml::table* eval = section(root, "eval", false, file, problems);
 
   if (run) {
     validate_table(*run, core_schema("run"), "run", problems);
@@ -190,6 +191,19 @@ RunSpec resolve_spec(toml::table root, const std::string& file, const Catalog& c
   }
   if (scheduler) validate_table(*scheduler, core_schema("scheduler"), "scheduler", problems);
   if (plugins) validate_table(*plugins, core_schema("plugins"), "plugins", problems);
+  if (eval) {
+    validate_table(*eval, core_schema("eval"), "eval", problems);
+    if (const toml::array* metrics = (*eval)["metrics"].as_array()) {
+      static const std::vector<std::string> builtin = {"accuracy", "top_k_accuracy", "mse", "mae", "mean:<output>"};
+      static const std::regex metric_re("accuracy|top_k_accuracy|mse|mae|mean:[A-Za-z0-9_./-]+");
+      for (const toml::node& m : *metrics)
+        if (const auto* name = m.as_string(); name && !std::regex_match(name->get(), metric_re)) {
+          std::string msg = where(m.source(), file) + ": eval.metrics: unknown metric \"" + name->get() + "\"";
+          if (const std::string s = closest_match(name->get(), builtin); !s.empty()) msg += "; did you mean '" + s + "'?";
+          problems.push_back(msg + " (metrics: " + join(builtin, ", ") + ")");
+        }
+    }
+  }
 
   if (task) {
     if (auto use = plugin_use(*task, "task", TLOOP_KIND_TASK, catalog, file, problems)) spec.task = *use;
@@ -254,6 +268,17 @@ RunSpec resolve_spec(toml::table root, const std::string& file, const Catalog& c
   auto& sc = *scheduler;
   spec.scheduler = {sc["type"].as_string()->get(), sc["warmup_steps"].as_integer()->get(),
                     sc["min_lr_ratio"].as_floating_point()->get()};
+
+  auto& ev = *eval;
+  const auto strings = [](const toml::node& list) {
+    std::vector<std::string> out;
+    for (const toml::node& n : *list.as_array()) out.push_back(n.as_string()->get());
+    return out;
+  };
+  spec.eval = {ev["interval"].as_integer()->get(),    ev["interval_epochs"].as_integer()->get(),
+               strings(*ev.get("splits")),            strings(*ev.get("metrics")),
+               ev["top_k"].as_integer()->get(),       ev["max_batches"].as_integer()->get(),
+               ev["sanity_batches"].as_integer()->get()};
 
   spec.resolved = std::move(root);
   return spec;

@@ -48,6 +48,19 @@ struct SchedulerSpec {
   double min_lr_ratio;
 };
 
+/// [eval]: evaluation during training (ABI tloop.eval/1).
+struct EvalSpec {
+  int64_t interval = 0;         // steps; 0: none
+  int64_t interval_epochs = 0;  // epochs; 0: count steps
+  std::vector<std::string> splits;   // []: the task's first
+  std::vector<std::string> metrics;  // []: the task's defaults
+  int64_t top_k = 5;
+  int64_t max_batches = 0;     // 0: whole splits
+  int64_t sanity_batches = 0;  // 0: no sanity pass
+  /// Evaluation during training is on.
+  bool on() const { return interval > 0 || interval_epochs > 0; }
+};
+
 struct RunSpec {
   std::string file;
   toml::table resolved;  // the whole spec, defaults filled
@@ -68,6 +81,7 @@ struct RunSpec {
   OptimizerSpec optimizer;
   SchedulerSpec scheduler;
   std::vector<PluginUse> hooks;
+  EvalSpec eval;
 };
 
 /// Parses `file` and applies `--set key.path=value` overrides. Throws SpecError.

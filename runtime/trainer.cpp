@@ -1,5 +1,7 @@
 #include "trainer.h"
 
+#include "autocast_scope.h"
+
 #include "exit_codes.h"
 #include "log.h"
 #include "signals.h"
@@ -8,7 +10,6 @@
 #include <tloop/keys.h>
 
 #include <ATen/TensorOperators.h>
-#include <ATen/autocast_mode.h>
 #include <ATen/record_function.h>
 #include <ATen/ops/_foreach_mul.h>
 #include <ATen/ops/_foreach_norm.h>
@@ -31,33 +32,6 @@ using Clock = std::chrono::steady_clock;
 constexpr int64_t kMaxForwardsWithoutLoss = 10000;
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-// Autocast for one forward, restored on exit (also on exceptions).
-class AutocastScope {
- public:
-  AutocastScope(c10::DeviceType device, std::optional<c10::ScalarType> dtype) : device_(device), active_(dtype) {
-    if (!active_) return;
-    prev_enabled_ = at::autocast::is_autocast_enabled(device_);
-    prev_dtype_ = at::autocast::get_autocast_dtype(device_);
-    at::autocast::set_autocast_enabled(device_, true);
-    at::autocast::set_autocast_dtype(device_, *dtype);
-    at::autocast::increment_nesting();
-  }
-  ~AutocastScope() {
-    if (!active_) return;
-    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-    at::autocast::set_autocast_enabled(device_, prev_enabled_);
-    at::autocast::set_autocast_dtype(device_, prev_dtype_);
-  }
-  AutocastScope(const AutocastScope&) = delete;
-  AutocastScope& operator=(const AutocastScope&) = delete;
-
- private:
-  c10::DeviceType device_;
-  bool active_;
-  bool prev_enabled_ = false;
-  c10::ScalarType prev_dtype_ = c10::kFloat;
-};
-
 std::string records_text(const Metrics& records) {
   std::vector<std::string> parts;
   for (const auto& [k, v] : records) parts.push_back(str(k, "=", v));
@@ -77,12 +51,14 @@ TrainerConfig TrainerConfig::from(const RunSpec& spec, c10::Device device) {
   c.signal_grace = spec.signal_grace;
   c.scheduler = spec.scheduler;
   c.device = device;
+  c.eval = spec.eval;
   return c;
 }
 
 Trainer::Trainer(TrainerConfig config, Host& host, TaskInstance& task,
-                 std::vector<std::unique_ptr<HookInstance>>& hooks, Optimizer& optimizer)
-    : config_(std::move(config)), host_(host), task_(task), hooks_(hooks), optimizer_(optimizer) {
+                 std::vector<std::unique_ptr<HookInstance>>& hooks, Optimizer& optimizer, Evaluator* evaluator)
+    : config_(std::move(config)), host_(host), task_(task), hooks_(hooks), optimizer_(optimizer), evaluator_(evaluator) {
+  if (!evaluator_ || evaluator_->task_splits().empty()) config_.eval = EvalSpec{};
   for (const auto& [name, p] : host_.parameters())
     if (p.requires_grad()) params_.push_back(p);
   for (auto& hook : hooks_)
@@ -93,6 +69,22 @@ Trainer::Trainer(TrainerConfig config, Host& host, TaskInstance& task,
                   static_cast<double>(*batches_per_epoch_) / static_cast<double>(config_.gradient_accumulation_steps),
                   " steps)"));
   if (config_.autocast_dtype == c10::kHalf) scaler_ = std::make_unique<GradScaler>(config_.device);
+  if (config_.eval.interval_epochs > 0 && !batches_per_epoch_)
+    throw std::invalid_argument(str("eval.interval_epochs = ", config_.eval.interval_epochs, " counts epochs, but ",
+                                    task_.label(), " declares no epoch length (tloop.epochs/1); give eval.interval in steps"));
+}
+
+bool Trainer::eval_due(int64_t epochs_before) const {
+  const EvalSpec& e = config_.eval;
+  if (!e.on()) return false;
+  if (host_.step() == config_.max_steps) return true;
+  if (e.interval > 0 && host_.step() % e.interval == 0) return true;
+  return e.interval_epochs > 0 && epochs_done() / e.interval_epochs > epochs_before / e.interval_epochs;
+}
+
+void Trainer::evaluate_step() {
+  last_eval_ = evaluator_->evaluate(evaluator_->training_splits(), Evaluator::Mode::kTraining);
+  host_.step_info()[TLOOP_INFO_EVAL_TIME].push_back(evaluator_->last_seconds());
 }
 
 void Trainer::for_each_hook(void (HookInstance::*event)()) {
@@ -142,6 +134,14 @@ void Trainer::run_steps() {
   // at all, and where a resumed run stands.
   if (batches_per_epoch_) host_.step_info()[TLOOP_INFO_EPOCH] = {static_cast<double>(epochs_done())};
   for_each_hook(&HookInstance::before_train);
+  // A short evaluation before the first step (Lightning's sanity check):
+  // a broken evaluation fails now, not after hours of training.
+  if (config_.eval.sanity_batches > 0 && !host_.exit_requested()) {
+    const Metrics m = evaluator_->evaluate(evaluator_->training_splits(), Evaluator::Mode::kSanity);
+    std::vector<std::string> parts;
+    for (const auto& [k, v] : m) parts.push_back(str(k, " ", v));
+    log::info(str("sanity check passed (", config_.eval.sanity_batches, " batches per split): ", join(parts, ", ")));
+  }
   // The run has started: nothing refused it. Only now are the workspace's
   // spec.resolved.toml and metrics.jsonl written.
   host_.started();
@@ -227,12 +227,21 @@ void Trainer::run_step() {
   // pending when after_step began, so every hook's after_step saw it (a
   // checkpointing hook saves on it); a later one waits for the next step.
   boundary_signal_ = pending_signal();
+  // The evaluation runs after the state updates (ema) and before the hooks
+  // of the evaluate, monitor, log and save phases, which see its metrics.
+  bool evaluated = !eval_due(epochs_before);
   for (auto& hook : hooks_) {
+    if (!evaluated && phase_rank(hook->phase()) >= phase_rank(TLOOP_PHASE_EVALUATE)) {
+      boundary_.reset();  // weights may be swapped (ema): no emergency save from inside
+      evaluate_step();
+      evaluated = true;
+    }
     const bool state_done = hook->phase() == TLOOP_PHASE_LOG || hook->phase() == TLOOP_PHASE_SAVE;
     boundary_ = state_done ? std::optional<int64_t>(host_.step()) : std::nullopt;
     hook->after_step();
   }
   boundary_.reset();
+  if (!evaluated) evaluate_step();
 }
 
 void Trainer::accumulate() {

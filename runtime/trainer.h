@@ -1,6 +1,7 @@
 // BaseTrainer: the training loop (trainloop semantics) and event dispatch.
 #pragma once
 
+#include "evaluator.h"
 #include "grad_scaler.h"
 #include "log.h"
 #include "plugin_instance.h"
@@ -33,14 +34,16 @@ struct TrainerConfig {
   double signal_grace = 10.0;  // seconds a step may go on after a signal
   SchedulerSpec scheduler{"constant", 0, 0.0};
   c10::Device device = c10::Device(c10::kCPU);
+  EvalSpec eval;
 
   static TrainerConfig from(const RunSpec& spec, c10::Device device);
 };
 
 class Trainer {
  public:
+  /// `evaluator`: evaluates when config.eval says (nullptr: never).
   Trainer(TrainerConfig config, Host& host, TaskInstance& task, std::vector<std::unique_ptr<HookInstance>>& hooks,
-          Optimizer& optimizer);
+          Optimizer& optimizer, Evaluator* evaluator = nullptr);
 
   /// Runs from host.step() to max_steps: resume, before_train, the steps,
   /// after_train; then finish with the run's exit code, also when a signal,
@@ -50,6 +53,8 @@ class Trainer {
   /// Last loss and the last value of every record, for the final summary.
   std::optional<double> last_loss() const { return last_loss_; }
   const std::map<std::string, double>& last_records() const { return last_records_; }
+  /// The metrics of the last evaluation ("val/accuracy", ...), for the summary.
+  const Metrics& last_eval() const { return last_eval_; }
   GradScaler* scaler() { return scaler_.get(); }
   /// Micro-batches drawn so far (next_batch calls): the run's data position,
   /// from which epochs are counted (tloop.epochs/1). Saved in the run state.
@@ -68,6 +73,10 @@ class Trainer {
   int64_t epochs_done() const { return batches_ / *batches_per_epoch_; }
   at::Tensor total_grad_norm(const std::vector<at::Tensor>& grads, double norm_type) const;
   void for_each_hook(void (HookInstance::*event)());
+  /// Whether the step that just ended evaluates: [eval] interval or
+  /// interval_epochs, and always the last step when evaluation is on.
+  bool eval_due(int64_t epochs_before) const;
+  void evaluate_step();
   /// The complete step a checkpoint taken now would resume exactly: the step
   /// boundary the failing event ran at, when the weights are finite.
   std::optional<int64_t> resumable_step() const;
@@ -81,6 +90,8 @@ class Trainer {
   TaskInstance& task_;
   std::vector<std::unique_ptr<HookInstance>>& hooks_;
   Optimizer& optimizer_;
+  Evaluator* evaluator_;
+  Metrics last_eval_;
   std::vector<at::Tensor> params_;
   Host::NamedTensors loss_terms_;                // this step's named losses, read with the tensor records
   std::vector<HookInstance*> micro_step_hooks_;  // those offering tloop.micro_step_events/1

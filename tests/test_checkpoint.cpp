@@ -115,7 +115,7 @@ TEST_CASE("digits_cnn stopped by SIGTERM and resumed ends exactly like an uninte
   TempDir dir;
   auto spec = [&](const std::string& name, int64_t steps) {
     return "[run]\nworkspace = \"" + (dir / name).string() + "\"\n[trainer]\nmax_steps = " + std::to_string(steps) +
-           "\n[task]\nplugin = \"digits_cnn\"\neval_interval = 1000\nnum_images = 0\n"
+           "\n[task]\nplugin = \"digits_cnn\"\nnum_images = 0\n"
            "[optimizer]\nlr = 0.003\n[[hooks]]\nplugin = \"logging\"\ninterval = 1\n"
            "[[hooks]]\nplugin = \"checkpointing\"\ninterval = 1000\nexit_signals = [\"SIGTERM\"]\n";
   };

@@ -3,6 +3,8 @@
 //   tloop validate SPEC [--set k=v]... check a spec without running it
 //   tloop plugins                      list the plugins found
 //   tloop describe PLUGIN              a plugin's options
+//   tloop eval SPEC [--checkpoint C] [--split S] [--json]   evaluate a checkpoint
+//   tloop predict SPEC --checkpoint C [--split S]           write its outputs (.npy)
 // Exit codes: 0 success, 2 bad input, 1 training failure, 128+N after signal N.
 #include "../exit_codes.h"
 #include "../log.h"
@@ -14,6 +16,9 @@
 #include <c10/util/Exception.h>
 #include <CLI/CLI.hpp>
 
+#include <nlohmann/json.hpp>
+
+#include <cmath>
 #include <cstdio>
 #include <iostream>
 
@@ -117,6 +122,24 @@ int main(int argc, char** argv) {
   describe_cmd->add_flag("--allow-insecure", allow_insecure,
                          "load from directories and files other users can write or own ([plugins] allow_insecure)");
 
+  tloop::RunOptions eval_options;
+  std::string checkpoint = "latest", split;
+  bool as_json = false;
+  auto* eval_cmd = app.add_subcommand("eval", "Evaluate a checkpoint of a run on the task's splits");
+  eval_cmd->add_option("spec", eval_options.spec_file, "the run spec (TOML) of the run")->required();
+  eval_cmd->add_option("--checkpoint", checkpoint, "latest | best | a checkpoint's name | a checkpoint directory")
+      ->capture_default_str();
+  eval_cmd->add_option("--split", split, "the split to evaluate (default: [eval] splits, or the task's first)");
+  eval_cmd->add_flag("--json", as_json, "print the metrics as one JSON object");
+  eval_cmd->add_option("--set", eval_options.overrides, "override a spec value: key.path=value (repeatable)");
+  auto* predict_cmd = app.add_subcommand(
+      "predict", "Write a checkpoint's outputs on a split to <workspace>/predictions/<split>/*.npy");
+  predict_cmd->add_option("spec", eval_options.spec_file, "the run spec (TOML) of the run")->required();
+  predict_cmd->add_option("--checkpoint", checkpoint, "latest | best | a checkpoint's name | a checkpoint directory")
+      ->required();
+  predict_cmd->add_option("--split", split, "the split to predict (default: [eval] splits, or the task's first)");
+  predict_cmd->add_option("--set", eval_options.overrides, "override a spec value: key.path=value (repeatable)");
+
   std::string new_kind, new_name;
   auto* new_cmd = app.add_subcommand("new", "Create a plugin project: tloop new hook|task NAME");
   new_cmd->add_option("kind", new_kind, "hook or task")->required()->check(CLI::IsMember({"hook", "task"}));
@@ -149,6 +172,19 @@ int main(int argc, char** argv) {
       if (print_resolved) std::cout << tloop::to_toml(r->spec().resolved);
       std::cout << validate_options.spec_file << ": OK (task " << r->spec().task.plugin << ", "
                 << r->spec().hooks.size() << " hooks, " << r->spec().max_steps << " steps)" << std::endl;
+    } else if (*eval_cmd || *predict_cmd) {
+      auto r = tloop::Run::prepare(eval_options);
+      const tloop::Metrics metrics = r->evaluate_checkpoint(
+          checkpoint, split.empty() ? std::vector<std::string>{} : std::vector<std::string>{split}, predict_cmd->parsed());
+      // Numbers as JSON writes them: the shortest text that reads back exactly.
+      nlohmann::ordered_json out = nlohmann::ordered_json::object();
+      for (const auto& [k, v] : metrics)
+        out[k] = std::isfinite(v) ? nlohmann::ordered_json(v) : nlohmann::ordered_json();
+      if (as_json)
+        std::cout << out.dump() << std::endl;
+      else
+        for (const auto& [k, v] : out.items()) std::cout << k << " " << v.dump() << "\n";
+      std::cout << std::flush;
     } else if (*plugins || *describe_cmd) {
       tloop::PluginSearch search;
       search.dirs = tloop::default_plugin_dirs();

@@ -104,7 +104,7 @@ from conftest import CLI, PROGRESS_DEADLINE_S, TEST_PLUGINS
 CORPUS = pathlib.Path(__file__).resolve().parents[1] / "bad_inputs"
 BAD_PLUGINS = os.environ.get("TLOOP_BAD_PLUGIN_DIR", str(pathlib.Path(TEST_PLUGINS).parent / "bad_plugins"))
 BUILTIN_PLUGINS = str(pathlib.Path(CLI).resolve().parent.parent / "plugins")
-AREAS = {"spec", "set", "cli", "plugins", "checkpoints", "workspace", "signals", "task"}
+AREAS = {"spec", "set", "cli", "plugins", "checkpoints", "workspace", "signals", "task", "eval"}
 CASE_KEYS = {"name", "spec", "set", "argv", "env", "exit", "message", "run_only", "files", "dirs", "copy",
              "truncate", "symlinks", "chmod", "prior", "damage", "lock", "signal", "moves", "absent", "timeout"}
 # What no message of tloop may contain: a crash, an uncaught exception, a C++

@@ -53,13 +53,17 @@ def test_jpg_images_flatten_alpha_onto_white(run_tloop):
 
 
 def test_digits_sample_images_are_32x32_grayscale_pngs(run_tloop):
+    # Samples at the first step; at the last evaluation, val predictions and
+    # the confusion matrix (10x10 cells of 16 pixels).
     ws = run_tloop(
         '[trainer]\nmax_steps = 2\n[task]\nplugin = "digits_cnn"\nnum_images = 4\n'
-        '[[hooks]]\nplugin = "image_files"\n'
+        '[eval]\ninterval = 2\n[[hooks]]\nplugin = "image_files"\n'
     )
     samples = sorted((ws / "visualizations" / "1" / "samples").glob("*.png"))
     predictions = sorted((ws / "visualizations" / "2" / "predictions").glob("*.png"))
     assert len(samples) == 4 and len(predictions) == 4
+    with Image.open(ws / "visualizations" / "2" / "val" / "confusion_matrix.png") as image:
+        assert (image.format, image.size, image.mode) == ("PNG", (160, 160), "L")
     for path in samples + predictions:
         with Image.open(path) as image:
             assert (image.format, image.size, image.mode) == ("PNG", (32, 32), "L")

@@ -1,12 +1,13 @@
 """TensorBoard event files read back by TensorBoard's own EventAccumulator."""
 import json
 import signal
+import subprocess
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
-from conftest import TEST_PLUGINS, logged_rows, start_until
+from conftest import CLI, TEST_PLUGINS, logged_rows, start_until
 
 SPEC = """
 [trainer]
@@ -14,13 +15,20 @@ max_steps = {steps}
 [task]
 plugin = "digits_cnn"
 num_images = 3
-eval_interval = 10
 [[hooks]]
 plugin = "logging"
 interval = 5
 [[hooks]]
 plugin = "tensorboard"
 flush_interval = 5
+"""
+
+
+# The validation split every 10 steps: rows of their own, and the last
+# evaluation's prediction images.
+EVAL = """
+[eval]
+interval = 10
 """
 
 
@@ -38,12 +46,12 @@ def hparams(ea):
 
 
 def test_scalars_images_spec_text_and_hparams(run_tloop):
-    ws = run_tloop(SPEC.format(steps=20))
+    ws = run_tloop(SPEC.format(steps=20) + EVAL)
     ea = accumulate(ws)
     rows = [json.loads(line) for line in (ws / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [5, 10, 15, 20]
+    assert [r["step"] for r in rows] == [5, 10, 10, 15, 20, 20]  # the evaluations log rows of their own
     keys = {k for r in rows for k in r} - {"step"}
-    assert {"train/loss", "train/accuracy", "train/holdout_accuracy", "train/lr/group_0"} <= keys
+    assert {"train/loss", "train/accuracy", "val/accuracy", "train/lr/group_0"} <= keys
     for key in keys:
         logged = {r["step"]: r[key] for r in rows if key in r}
         events = ea.Scalars(key)
@@ -105,10 +113,14 @@ def test_a_signal_exit_flushes_and_closes_the_session_as_failed(tmp_path):
 
 def test_a_resumed_run_shows_each_step_once_in_tensorboard_and_metrics_jsonl(run_tloop, tmp_path):
     checkpointing = '[[hooks]]\nplugin = "checkpointing"\ninterval = 10\n'
-    # The first run ends after step 15 (event_recorder asks to exit): 11..15
-    # are logged but not checkpointed, so the second run trains them again.
-    stop_at_15 = f'[[hooks]]\nplugin = "event_recorder"\nexit_at = 15\nfile = "{tmp_path / "events.txt"}"\n'
-    ws = run_tloop(SPEC.format(steps=20) + checkpointing + stop_at_15)
+    # The first run ends after step 15 (event_recorder asks to exit with code
+    # 3; an exit with 0 would save the step): 11..15 are logged but not
+    # checkpointed, so the second run trains them again.
+    stop_at_15 = f'[[hooks]]\nplugin = "event_recorder"\nexit_at = 15\nexit_code = 3\nfile = "{tmp_path / "events.txt"}"\n'
+    ws = tmp_path / "ws"
+    spec = tmp_path / "stopped.toml"
+    spec.write_text(f'[plugins]\npaths = ["{TEST_PLUGINS}"]\n[run]\nworkspace = "{ws}"\n' + SPEC.format(steps=20) + checkpointing + stop_at_15)
+    assert subprocess.run([CLI, "run", str(spec)], capture_output=True).returncode == 3
     first = logged_rows(ws)
     assert [r["step"] for r in first] == [5, 10, 15]
 

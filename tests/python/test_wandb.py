@@ -26,7 +26,6 @@ max_steps = {steps}
 [task]
 plugin = "digits_cnn"
 num_images = 3
-eval_interval = 10
 [[hooks]]
 plugin = "checkpointing"
 interval = 10
@@ -117,7 +116,7 @@ def history(records):
 
 
 def test_an_offline_run_holds_every_record_with_the_values_and_images_on_disk(tmp_path):
-    spec, ws = write_spec(tmp_path)
+    spec, ws = write_spec(tmp_path, extra="[eval]\ninterval = 10\n")  # val/ rows at steps 10 and 20
     started = time.time()
     run(spec, {"WANDB_PROJECT": "from-env", "WANDB_TAGS": "b, c,a"})
 
@@ -151,7 +150,8 @@ def test_an_offline_run_holds_every_record_with_the_values_and_images_on_disk(tm
     # Every logged metric is in the history at its step, with the same value.
     rows = history(records)
     logged = logged_rows(ws)
-    assert [m["step"] for m in logged] == [5, 10, 15, 20]
+    assert [m["step"] for m in logged] == [5, 10, 10, 15, 20, 20]  # train/ rows, and val/ rows of their own
+    assert {"train/loss", "val/accuracy", "val/loss"} <= {k for m in logged for k in m}
     for m in logged:
         row = rows[m["step"]]
         for key, value in m.items():
@@ -165,6 +165,7 @@ def test_an_offline_run_holds_every_record_with_the_values_and_images_on_disk(tm
     images = {(step, key): v for step, row in rows.items() for key, v in row.items() if isinstance(v, dict)}
     assert len([k for k in images if k[1].startswith("samples/")]) == 3
     assert sorted(k[0] for k in images if k[1].startswith("predictions/")) == [20, 20, 20]  # at the end
+    assert [k[0] for k in images if k[1] == "val/confusion_matrix"] == [20]  # at the last evaluation
     named_by_files = {f.path for files in of_type(records, "files") for f in files.files}
     for (step, key), image in images.items():
         assert image["_type"] == "image-file" and image["format"] == "png"
@@ -175,7 +176,8 @@ def test_an_offline_run_holds_every_record_with_the_values_and_images_on_disk(tm
         assert image["path"].startswith("media/images/") and image["path"].endswith(".png")
         assert f"_{step}_{image['sha256'][:20]}.png" in image["path"]
         with Image.open(path) as im:
-            assert (image["width"], image["height"]) == im.size == (32, 32)
+            side = 160 if key == "val/confusion_matrix" else 32  # digits_cnn's images: 10x10 cells of 16 px, digits 4x
+            assert (image["width"], image["height"]) == im.size == (side, side)
         assert image["path"] in named_by_files
     assert len(named_by_files) == len(images)
 

@@ -26,6 +26,9 @@
 /* Written by the host, one value per step, when the task declares epochs (tloop.epochs/1). */
 #define TLOOP_INFO_EPOCH "epoch"             /* epochs completed before the step began (0-based) */
 #define TLOOP_INFO_EPOCH_END "epoch_end"     /* epochs completed during the step (1 at an epoch's end) */
+/* Written by the host at a step that evaluated ([eval]): seconds the
+ * evaluation took, not part of step_time. */
+#define TLOOP_INFO_EVAL_TIME "eval_time"
 /* Written by built-in hooks. */
 #define TLOOP_INFO_MAX_MEMORY "max_memory"   /* cuda_max_memory: peak CUDA memory of the step, GiB */
 #define TLOOP_INFO_MAX_RSS "max_rss"         /* cuda_max_memory on CPU: peak resident memory, GiB */

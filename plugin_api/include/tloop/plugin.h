@@ -560,6 +560,107 @@ typedef struct tloop_epochs_v1 {
   tloop_status (*batches_per_epoch)(void* self, const tloop_context* ctx, int64_t* out);
 } tloop_epochs_v1;
 
+/* ---------------------------------------------------------------- evaluation (task)
+ *
+ * A task that offers this extension can be evaluated on named splits
+ * ("val", "test"). The host owns the loop, the task only iterates a split
+ * and computes outputs. For one pass over a split the host calls
+ *   set_training(0), eval_begin(split), then eval_next + eval_forward per
+ *   batch until eval_next returns TLOOP_NOT_FOUND (or [eval] max_batches),
+ *   eval_end(split), set_training(1);
+ * with gradients off, under the training's autocast, and with every random
+ * number generator of the host (CPU, the run's device) saved before and
+ * restored after: a run with evaluation draws exactly the training random
+ * numbers of a run without. The task keeps its evaluation position apart
+ * from its training data position (next_batch never sees an eval pass).
+ *
+ * eval_forward gives its outputs through tloop.step_outputs/1:
+ *   publish("logits", [B, C]), publish("targets", [B] class indices, or the
+ *   regression targets), publish("predictions", [B, ...]): the built-in
+ *   metrics read them (accuracy and top_k_accuracy: logits and targets;
+ *   mse and mae: predictions and targets; "mean:<name>": any output). The
+ *   first dimension counts the batch's samples: a pass's metrics are sums
+ *   over samples divided by the split's sample count, never a mean of
+ *   per-batch means.
+ *   record_tensor(key, scalar): a task-defined metric, the batch's mean of
+ *   something; the host weights it by the batch's sample count (the first
+ *   dimension of "targets", else of the first published tensor, else 1).
+ * With `predict` = 1 (tloop predict) every published tensor is written out,
+ * one row per sample; "targets" may be left out.
+ *
+ *   visit_splits     the splits this instance evaluates, in order (asked
+ *                    once, after create: `tloop validate` checks [eval]
+ *                    against them); none: the task is not evaluated.
+ *   visit_default_metrics  the metrics of `split` when [eval] metrics is
+ *                    empty ("accuracy", "top_k_accuracy"); NULL or none: the
+ *                    task's records only.
+ *   set_training     the model's train (1) or eval (0) mode: dropout, batch
+ *                    norm. Evaluation leaves it in train mode again.
+ *   eval_begin       a new pass over `split` from its first batch:
+ *                    *out_batches its batch count, or -1 when unknown.
+ *   eval_next        the split's next batch: TLOOP_OK, or TLOOP_NOT_FOUND at
+ *                    its end.
+ *   eval_forward     the outputs of the current batch (above).
+ *   eval_end         the pass is over: a task may log images here (a
+ *                    confusion matrix of the last evaluation).
+ * Any member but eval_begin, eval_next and eval_forward may be NULL. */
+#define TLOOP_EVAL_ID "tloop.eval/1"
+typedef void (*tloop_name_visitor)(void* user, const char* name);
+typedef struct tloop_eval_v1 {
+  uint32_t struct_size;
+  tloop_status (*visit_splits)(void* self, const tloop_context* ctx, tloop_name_visitor visit, void* user);
+  tloop_status (*visit_default_metrics)(void* self, const tloop_context* ctx, const char* split,
+                                        tloop_name_visitor visit, void* user);
+  tloop_status (*set_training)(void* self, const tloop_context* ctx, int32_t training);
+  tloop_status (*eval_begin)(void* self, const tloop_context* ctx, const char* split, int64_t* out_batches);
+  tloop_status (*eval_next)(void* self, const tloop_context* ctx);
+  tloop_status (*eval_forward)(void* self, const tloop_context* ctx, int32_t predict);
+  tloop_status (*eval_end)(void* self, const tloop_context* ctx, const char* split);
+} tloop_eval_v1;
+
+/* ---------------------------------------------------------------- evaluation events (hook)
+ *
+ * One pass of the evaluation loop, as hooks see it. BORROWED for the call. */
+typedef struct tloop_eval_pass {
+  uint32_t struct_size;
+  const char* split;   /* "val" */
+  const char* variant; /* "" for the plain pass, else a hook's variant ("ema") */
+  const char* prefix;  /* its metrics' key prefix: "val", or "val_ema" for variant "ema" */
+  int32_t sanity;      /* 1 in the sanity pass before the first step ([eval] sanity_batches):
+                          nothing is logged, monitors ignore it */
+  int32_t predict;     /* 1 under `tloop predict` */
+  int64_t batches;     /* batches the pass runs; -1 when unknown */
+} tloop_eval_pass;
+
+/* A hook that offers this extension gets, around every evaluation pass:
+ *   visit_variants    called once, before the first pass: more passes this
+ *                     hook asks for, by name. Every split is then evaluated
+ *                     once plainly and once per variant, the variant's
+ *                     metrics under "<split>_<variant>/" (ema's
+ *                     eval_with_ema = "both": "val_ema/accuracy").
+ *   before_eval       before a pass. A hook that evaluates other weights
+ *                     swaps them into the model here (ema) ...
+ *   after_eval_batch  after each batch, `batch` counting from 1 (progress);
+ *   after_eval        ... and back here, bit for bit. `metrics` hold the
+ *                     pass's results with full keys ("val/accuracy").
+ *                     Monitors (best checkpoints, early stopping) act on
+ *                     them. Once every pass of an evaluation is done, all
+ *                     their metrics are logged in one call (not those of
+ *                     the sanity pass).
+ * The evaluation runs in after_step, after the hooks of the update phase and
+ * before those of the evaluate phase, when [eval] says it is due and always
+ * at the last step; its events go to hooks in phase order.
+ * Any member may be NULL. */
+#define TLOOP_EVAL_EVENTS_ID "tloop.eval_events/1"
+typedef struct tloop_eval_events_v1 {
+  uint32_t struct_size;
+  tloop_status (*visit_variants)(void* self, const tloop_context* ctx, tloop_name_visitor visit, void* user);
+  tloop_status (*before_eval)(void* self, const tloop_context* ctx, const tloop_eval_pass* pass);
+  tloop_status (*after_eval_batch)(void* self, const tloop_context* ctx, const tloop_eval_pass* pass, int64_t batch);
+  tloop_status (*after_eval)(void* self, const tloop_context* ctx, const tloop_eval_pass* pass,
+                             const tloop_metric* metrics, size_t count);
+} tloop_eval_events_v1;
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

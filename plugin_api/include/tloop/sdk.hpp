@@ -464,6 +464,16 @@ class StateReader {
 
 // ------------------------------------------------------------------ hooks
 
+/// One pass of the evaluation loop (tloop.eval_events/1).
+struct EvalPass {
+  std::string split;    ///< "val"
+  std::string variant;  ///< "" for the plain pass, else a hook's variant ("ema")
+  std::string prefix;   ///< the metrics' key prefix: "val", "val_ema"
+  bool sanity = false;  ///< the sanity pass before the first step: not logged; monitors ignore it
+  bool predict = false; ///< under `tloop predict`
+  int64_t batches = -1; ///< batches the pass runs; -1 when unknown
+};
+
 /// Base class of C++ hooks. Every event defaults to doing nothing.
 class Hook {
  public:
@@ -476,6 +486,8 @@ class Hook {
   /// after_forward / before_backward / after_backward every micro-step
   /// (tloop.micro_step_events/1); hooks without them cost the loop nothing.
   static constexpr bool micro_step_events = false;
+  /// Set to true to get the evaluation events below (tloop.eval_events/1).
+  static constexpr bool eval_events = false;
 
   virtual ~Hook() = default;
   /// Before any before_train: restore a previous run here (checkpointing).
@@ -499,7 +511,34 @@ class Hook {
   virtual void after_forward(Context&, int64_t /*micro_step*/) {}
   virtual void before_backward(Context&, int64_t /*micro_step*/) {}
   virtual void after_backward(Context&, int64_t /*micro_step*/) {}
+  /// With eval_events: more passes over every split this hook asks for
+  /// (asked once, before the first evaluation); their metrics are logged
+  /// as "<split>_<variant>/...".
+  virtual std::vector<std::string> eval_variants(Context&) { return {}; }
+  /// Before and after each evaluation pass (weights swapped in here are
+  /// swapped back in after_eval); after_eval gets the pass's metrics with
+  /// their full keys ("val/accuracy"). after_eval_batch counts from 1.
+  virtual void before_eval(Context&, const EvalPass&) {}
+  virtual void after_eval_batch(Context&, const EvalPass&, int64_t /*batch*/) {}
+  virtual void after_eval(Context&, const EvalPass&, const Metrics&) {}
 };
+
+namespace detail {
+inline EvalPass eval_pass(const tloop_eval_pass* p) {
+  EvalPass out;
+  out.split = p->split ? p->split : "";
+  out.variant = p->variant ? p->variant : "";
+  out.prefix = p->prefix ? p->prefix : "";
+  out.sanity = p->sanity != 0;
+  out.predict = p->predict != 0;
+  out.batches = p->batches;
+  return out;
+}
+/// Calls a C visitor once per name.
+inline void visit_names(const std::vector<std::string>& names, tloop_name_visitor visit, void* user) {
+  for (const auto& n : names) visit(user, n.c_str());
+}
+}  // namespace detail
 
 // ------------------------------------------------------------------ export machinery
 
@@ -603,7 +642,44 @@ struct HookAdapter {
       (static_cast<T*>(self)->*Event)(ctx, micro_step);
     });
   }
+  static tloop_status visit_variants(void* self, const tloop_context* c, tloop_name_visitor visit, void* user) noexcept {
+    return guarded(c, [&] {
+      Context ctx(c);
+      visit_names(static_cast<T*>(self)->eval_variants(ctx), visit, user);
+    });
+  }
+  static tloop_status before_eval(void* self, const tloop_context* c, const tloop_eval_pass* p) noexcept {
+    return guarded(c, [&] {
+      Context ctx(c);
+      static_cast<T*>(self)->before_eval(ctx, eval_pass(p));
+    });
+  }
+  static tloop_status after_eval_batch(void* self, const tloop_context* c, const tloop_eval_pass* p,
+                                       int64_t batch) noexcept {
+    return guarded(c, [&] {
+      Context ctx(c);
+      static_cast<T*>(self)->after_eval_batch(ctx, eval_pass(p), batch);
+    });
+  }
+  static tloop_status after_eval(void* self, const tloop_context* c, const tloop_eval_pass* p,
+                                 const tloop_metric* m, size_t n) noexcept {
+    return guarded(c, [&] {
+      Context ctx(c);
+      Metrics metrics;
+      metrics.reserve(n);
+      for (size_t i = 0; i < n; ++i) {
+        const tloop_metric& metric = *TLOOP_ARRAY_AT(tloop_metric, m, i);
+        metrics.emplace_back(metric.key, metric.value);
+      }
+      static_cast<T*>(self)->after_eval(ctx, eval_pass(p), metrics);
+    });
+  }
   static const void* get_extension(const char* id) noexcept {
+    if constexpr (T::eval_events) {
+      static const tloop_eval_events_v1 events = {sizeof(tloop_eval_events_v1), &visit_variants, &before_eval,
+                                                  &after_eval_batch, &after_eval};
+      if (id != nullptr && std::strcmp(id, TLOOP_EVAL_EVENTS_ID) == 0) return &events;
+    }
     if constexpr (T::micro_step_events) {
       static const tloop_micro_step_events_v1 events = {
           sizeof(tloop_micro_step_events_v1), &micro_event<&Hook::after_forward>,

@@ -186,6 +186,28 @@ class Task {
   /// training data, or std::nullopt for none (a stream): with it the host
   /// counts epochs (tloop.epochs/1). Called once, after setup.
   virtual std::optional<int64_t> batches_per_epoch(Context&) { return std::nullopt; }
+
+  // ---- evaluation (tloop.eval/1): the host runs the loop, see plugin.h.
+  /// The splits this task evaluates ("val", "test"); none: no evaluation.
+  virtual std::vector<std::string> eval_splits(Context&) { return {}; }
+  /// The metrics of `split` when the spec's [eval] metrics is empty
+  /// ("accuracy", "top_k_accuracy", "mse", "mae", "mean:<output>").
+  virtual std::vector<std::string> default_metrics(Context&, const std::string& /*split*/) { return {}; }
+  /// The model's train (true) or eval (false) mode: dropout, batch norm.
+  virtual void set_training(Context&, bool /*training*/) {}
+  /// A new pass over `split` from its first batch; its batch count, or
+  /// std::nullopt when unknown.
+  virtual std::optional<int64_t> eval_begin(Context&, const std::string& split) {
+    throw Error("this task has no evaluation split '" + split + "'");
+  }
+  /// Makes the split's next batch current; false at the split's end.
+  virtual bool eval_next(Context&) { return false; }
+  /// Outputs of the current batch: tloop::publish "logits", "targets",
+  /// "predictions" (one row per sample); tloop::record(ctx, key, scalar)
+  /// for task-defined metrics. Runs without gradients, under the autocast.
+  virtual void eval_forward(Context&, bool /*predict*/) {}
+  /// The pass is over (log a confusion matrix here).
+  virtual void eval_end(Context&, const std::string& /*split*/) {}
 };
 
 namespace detail {
@@ -225,9 +247,59 @@ struct TaskAdapter {
     *out = *n;
     return TLOOP_OK;
   }
+  static tloop_status visit_splits(void* self, const tloop_context* c, tloop_name_visitor visit, void* user) noexcept {
+    return guarded(c, [&] {
+      Context ctx(c);
+      visit_names(static_cast<T*>(self)->eval_splits(ctx), visit, user);
+    });
+  }
+  static tloop_status visit_default_metrics(void* self, const tloop_context* c, const char* split,
+                                            tloop_name_visitor visit, void* user) noexcept {
+    return guarded(c, [&] {
+      Context ctx(c);
+      visit_names(static_cast<T*>(self)->default_metrics(ctx, split), visit, user);
+    });
+  }
+  static tloop_status set_training(void* self, const tloop_context* c, int32_t training) noexcept {
+    return guarded(c, [&] {
+      Context ctx(c);
+      static_cast<T*>(self)->set_training(ctx, training != 0);
+    });
+  }
+  static tloop_status eval_begin(void* self, const tloop_context* c, const char* split, int64_t* out) noexcept {
+    *out = -1;
+    return guarded(c, [&] {
+      Context ctx(c);
+      *out = static_cast<T*>(self)->eval_begin(ctx, split).value_or(-1);
+    });
+  }
+  static tloop_status eval_next(void* self, const tloop_context* c) noexcept {
+    bool more = false;
+    const tloop_status st = guarded(c, [&] {
+      Context ctx(c);
+      more = static_cast<T*>(self)->eval_next(ctx);
+    });
+    return st != TLOOP_OK ? st : more ? TLOOP_OK : TLOOP_NOT_FOUND;
+  }
+  static tloop_status eval_forward(void* self, const tloop_context* c, int32_t predict) noexcept {
+    return guarded(c, [&] {
+      Context ctx(c);
+      static_cast<T*>(self)->eval_forward(ctx, predict != 0);
+    });
+  }
+  static tloop_status eval_end(void* self, const tloop_context* c, const char* split) noexcept {
+    return guarded(c, [&] {
+      Context ctx(c);
+      static_cast<T*>(self)->eval_end(ctx, split);
+    });
+  }
   static const void* get_extension(const char* id) noexcept {
     static const tloop_epochs_v1 epochs = {sizeof(tloop_epochs_v1), &batches_per_epoch};
+    static const tloop_eval_v1 eval = {sizeof(tloop_eval_v1), &visit_splits, &visit_default_metrics,
+                                       &set_training,         &eval_begin,   &eval_next,
+                                       &eval_forward,         &eval_end};
     if (id != nullptr && std::strcmp(id, TLOOP_EPOCHS_ID) == 0) return &epochs;
+    if (id != nullptr && std::strcmp(id, TLOOP_EVAL_ID) == 0) return &eval;
     return T::get_extension(id);
   }
   static const tloop_task_vtable* vtable() {

@@ -4,6 +4,9 @@
 // copies, later ones do ema = decay * ema + (1 - decay) * param, and a count of
 // updates is kept like n_averaged. Updates use the fused _foreach_ kernels.
 // At the end it writes <workspace>/ema_model.pt, which Python's torch.load reads.
+// With eval_with_ema, evaluations see the averaged weights: they are swapped
+// into the model in before_eval and the training weights back, bit for bit,
+// in after_eval (tloop.eval_events/1).
 #include <tloop/torch.hpp>
 #include <tloop/torch_save.hpp>
 
@@ -19,6 +22,7 @@ class Ema : public tloop::Hook {
  public:
   // Averages the weights before any checkpoint of the step is written.
   static constexpr tloop_hook_phase phase = TLOOP_PHASE_UPDATE;
+  static constexpr bool eval_events = true;
 
   static tloop::PluginInfo info() {
     return {"ema",
@@ -31,6 +35,11 @@ class Ema : public tloop::Hook {
                 tloop::option("device", "model", "where the average lives: model (its device) or cpu")
                     .one_of({"model", "cpu"}),
                 tloop::option("file", "ema_model.pt", "written in the workspace at the end (\"\" for none)"),
+                tloop::option("eval_with_ema", "none",
+                              "evaluations ([eval]) of the EMA weights: none; replace (they are evaluated instead "
+                              "of the training weights, as val/...); both (the training weights as val/..., the "
+                              "EMA's as val_ema/...)")
+                    .one_of({"none", "replace", "both"}),
             }};
   }
 
@@ -39,7 +48,30 @@ class Ema : public tloop::Hook {
         update_interval_(o.get_int("update_interval")),
         start_step_(o.get_int("start_step")),
         on_cpu_(o.get_string("device") == "cpu"),
-        file_(o.get_string("file").empty() ? "" : tloop::workspace_path(ctx, "file", o.get_string("file"))) {}
+        file_(o.get_string("file").empty() ? "" : tloop::workspace_path(ctx, "file", o.get_string("file"))),
+        eval_with_ema_(o.get_string("eval_with_ema")) {}
+
+  std::vector<std::string> eval_variants(tloop::Context&) override {
+    return eval_with_ema_ == "both" ? std::vector<std::string>{"ema"} : std::vector<std::string>{};
+  }
+
+  void before_eval(tloop::Context& ctx, const tloop::EvalPass& pass) override {
+    if (!evaluates_ema(pass)) return;
+    if (names_.empty()) collect(ctx);  // an evaluation before any step (the sanity pass)
+    at::NoGradGuard no_grad;
+    training_weights_.clear();
+    for (size_t i = 0; i < sources_.size(); ++i) {
+      training_weights_.push_back(sources_[i].detach().clone());
+      sources_[i].detach().copy_(averaged_[i]);
+    }
+  }
+
+  void after_eval(tloop::Context&, const tloop::EvalPass& pass, const tloop::Metrics&) override {
+    if (!evaluates_ema(pass) || training_weights_.empty()) return;
+    at::NoGradGuard no_grad;
+    for (size_t i = 0; i < sources_.size(); ++i) sources_[i].detach().copy_(training_weights_[i]);  // bit for bit
+    training_weights_.clear();
+  }
 
   void before_train(tloop::Context& ctx) override {
     if (!names_.empty()) return;  // a loaded state already set things up
@@ -107,6 +139,10 @@ class Ema : public tloop::Hook {
     }
   }
 
+  bool evaluates_ema(const tloop::EvalPass& pass) const {
+    return (eval_with_ema_ == "replace" && pass.variant.empty()) || (eval_with_ema_ == "both" && pass.variant == "ema");
+  }
+
   static std::vector<at::Tensor> to_cpu(const std::vector<at::Tensor>& ts) {
     std::vector<at::Tensor> out;
     out.reserve(ts.size());
@@ -120,7 +156,9 @@ class Ema : public tloop::Hook {
   std::string file_;
   int64_t n_averaged_ = 0;
   std::vector<std::string> names_;
+  std::string eval_with_ema_;
   std::vector<at::Tensor> sources_, averaged_;
+  std::vector<at::Tensor> training_weights_;  // while the EMA's are swapped in for an evaluation
 };
 
 }  // namespace

@@ -3,6 +3,8 @@
 // line every `interval` steps with step/max, ETA and the means over those
 // steps (as trainloop prints them) of the times, memory, loss, grad norm,
 // learning rates and, with `with_records`, the records.
+// Evaluations ([eval]) show their own progress: a live bar of batches with
+// an ETA on a terminal, elsewhere a line every 30 s and one per finished pass.
 // Needs no LibTorch: everything comes from the step info.
 #include "../common/interval_stats.h"
 
@@ -41,6 +43,7 @@ std::string number(double v) {
 class Progress : public tloop::Hook {
  public:
   static constexpr tloop_hook_phase phase = TLOOP_PHASE_LOG;
+  static constexpr bool eval_events = true;
 
   static tloop::PluginInfo info() {
     return {"progress",
@@ -98,6 +101,40 @@ class Progress : public tloop::Hook {
       stats_.add(ctx);
       if (step % interval_ == 0 || last) ctx.info(line(step, max_steps));
     }
+  }
+
+  void before_eval(tloop::Context& ctx, const tloop::EvalPass&) override {
+    if (ctx.rank() != 0) return;
+    eval_start_ = eval_last_line_ = Clock::now();
+  }
+
+  void after_eval_batch(tloop::Context& ctx, const tloop::EvalPass& pass, int64_t batch) override {
+    if (ctx.rank() != 0) return;
+    const auto now = Clock::now();
+    const double elapsed = std::chrono::duration<double>(now - eval_start_).count();
+    const double left = pass.batches > 0 ? elapsed / static_cast<double>(batch) * static_cast<double>(pass.batches - batch) : NAN;
+    std::ostringstream os;
+    os << (pass.sanity ? "sanity check " : "evaluating ") << pass.prefix << " " << batch;
+    if (pass.batches > 0) os << "/" << pass.batches;
+    os << " batches | ETA " << (std::isfinite(left) ? duration(left) : "?");
+    if (live_ && (batch == pass.batches || now - last_draw_ >= std::chrono::milliseconds(100))) {
+      last_draw_ = now;
+      std::fputs(("\r" + os.str() + "\033[K").c_str(), stdout);
+      std::fflush(stdout);
+    } else if (!live_ && now - eval_last_line_ >= std::chrono::seconds(30)) {
+      eval_last_line_ = now;
+      ctx.info(os.str());
+    }
+  }
+
+  void after_eval(tloop::Context& ctx, const tloop::EvalPass& pass, const tloop::Metrics&) override {
+    if (ctx.rank() != 0) return;
+    if (live_) {
+      std::fputs("\r\033[K", stdout);  // the training bar is drawn again at the next step
+      std::fflush(stdout);
+    }
+    const double seconds = std::chrono::duration<double>(Clock::now() - eval_start_).count();
+    ctx.info(std::string(pass.sanity ? "sanity check " : "evaluated ") + pass.prefix + " in " + duration(seconds));
   }
 
   void after_train(tloop::Context& ctx) override {
@@ -175,7 +212,7 @@ class Progress : public tloop::Hook {
   bool units_;
   bool live_ = false;
   int64_t start_step_ = 0, warm_step_ = -1;
-  Clock::time_point start_time_, warm_time_, last_draw_;
+  Clock::time_point start_time_, warm_time_, last_draw_, eval_start_, eval_last_line_;
 };
 
 }  // namespace

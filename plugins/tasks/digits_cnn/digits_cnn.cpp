@@ -1,10 +1,14 @@
 // digits_cnn: a small CNN on the 8x8 UCI handwritten digits (1797 images).
-// Holds out a seeded fraction, reports train accuracy every step and holdout
-// accuracy every eval_interval steps and at the last as records, and logs
-// sample images (the first step) and holdout predictions (the last).
+// Splits the images (seeded) into "val", "test" and training, reports train
+// accuracy every step as a record, and is evaluated by the host's evaluation
+// loop (tloop.eval/1) on "val" and "test". Logs sample images (the first
+// step) and, at the last evaluation of a run, the val confusion matrix and
+// val predictions.
 #include <tloop/torch.hpp>
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/ops/bincount.h>
+#include <ATen/ops/zeros.h>
 #include <torch/nn/functional/activation.h>
 #include <torch/nn/functional/loss.h>
 #include <torch/nn/functional/pooling.h>
@@ -16,6 +20,7 @@
 #include <dlfcn.h>
 #include <zlib.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <sstream>
 #include <stdexcept>
@@ -101,16 +106,18 @@ class DigitsCnn : public tloop::Task {
   static tloop::PluginInfo info() {
     return {"digits_cnn",
             "1.0.0",
-            "Small CNN on the 8x8 UCI handwritten digits with a seeded holdout split",
+            "Small CNN on the 8x8 UCI handwritten digits with seeded val and test splits",
             {
                 tloop::option("batch_size", 64, "images per micro-batch").at_least(1),
-                tloop::option("holdout_fraction", 0.2, "fraction of the images held out for evaluation")
+                tloop::option("holdout_fraction", 0.2, "fraction of the images held out as the \"val\" split")
                     .range(0.05, 0.9),
-                tloop::option("eval_interval", 50, "steps between holdout evaluations (and always the last step)")
-                    .at_least(1),
+                tloop::option("test_fraction", 0.1, "fraction of the images held out as the \"test\" split (0: none)")
+                    .range(0, 0.5),
+                tloop::option("eval_batch_size", 256, "images per evaluation batch").at_least(1),
                 tloop::option("channels", 16, "channels of the first convolution").at_least(1),
                 tloop::option("hidden", 64, "units of the hidden linear layer").at_least(1),
-                tloop::option("num_images", 16, "sample images logged at the first and last step").range(0, 64),
+                tloop::option("num_images", 16, "sample images logged at the first step and val predictions at the last")
+                    .range(0, 64),
                 tloop::option("data", "", "path of digits.csv.gz; empty: the copy installed beside the plugin"),
             }};
   }
@@ -118,7 +125,8 @@ class DigitsCnn : public tloop::Task {
   DigitsCnn(tloop::Context&, const tloop::Options& o)
       : batch_size_(o.get_int("batch_size")),
         holdout_fraction_(o.get_double("holdout_fraction")),
-        eval_interval_(o.get_int("eval_interval")),
+        test_fraction_(o.get_double("test_fraction")),
+        eval_batch_size_(o.get_int("eval_batch_size")),
         channels_(o.get_int("channels")),
         hidden_(o.get_int("hidden")),
         num_images_(o.get_int("num_images")),
@@ -128,7 +136,12 @@ class DigitsCnn : public tloop::Task {
     // found by `tloop validate` (which creates plugins) too. 1797 small rows.
     read_digits(data_path_, pixels_, labels_);
     const int64_t n = static_cast<int64_t>(labels_.size());
-    const int64_t n_train = n - static_cast<int64_t>(static_cast<double>(n) * holdout_fraction_);
+    n_val_ = static_cast<int64_t>(static_cast<double>(n) * holdout_fraction_);
+    n_test_ = static_cast<int64_t>(static_cast<double>(n) * test_fraction_);
+    const int64_t n_train = n - n_val_ - n_test_;
+    if (n_train < 1)
+      throw std::invalid_argument("holdout_fraction and test_fraction leave no training images (" +
+                                  std::to_string(n) + " images)");
     if (batch_size_ > n_train)
       throw std::invalid_argument("batch_size is larger than the training set (" + std::to_string(batch_size_) +
                                   " > " + std::to_string(n_train) + " images)");
@@ -145,14 +158,19 @@ class DigitsCnn : public tloop::Task {
     seed_ = ctx.seed();
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed_ + 104729);
     at::Tensor perm = at::randperm(n, gen, at::kLong);
-    const int64_t n_holdout = static_cast<int64_t>(static_cast<double>(n) * holdout_fraction_);
-    at::Tensor holdout_idx = perm.slice(0, 0, n_holdout), train_idx = perm.slice(0, n_holdout);
-    x_holdout_ = x.index_select(0, holdout_idx).to(device_);
-    y_holdout_ = y.index_select(0, holdout_idx).to(device_);
+    // perm: [val | test | training]. val is the first n_val images whatever
+    // test_fraction is.
+    const int64_t n_val = n_val_, n_test = n_test_;
+    at::Tensor val_idx = perm.slice(0, 0, n_val), test_idx = perm.slice(0, n_val, n_val + n_test),
+               train_idx = perm.slice(0, n_val + n_test);
+    x_val_ = x.index_select(0, val_idx).to(device_);
+    y_val_ = y.index_select(0, val_idx).to(device_);
+    x_test_ = x.index_select(0, test_idx).to(device_);
+    y_test_ = y.index_select(0, test_idx).to(device_);
     x_train_ = x.index_select(0, train_idx).to(device_);
     y_train_ = y.index_select(0, train_idx).to(device_);
-    ctx.info("digits_cnn: " + std::to_string(x_train_.size(0)) + " training and " + std::to_string(n_holdout) +
-             " holdout images from " + data_path_);
+    ctx.info("digits_cnn: " + std::to_string(x_train_.size(0)) + " training, " + std::to_string(n_val) + " val and " +
+             std::to_string(n_test) + " test images from " + data_path_);
 
     net_ = DigitsNet(channels_, hidden_);
     net_->to(device_);
@@ -184,20 +202,80 @@ class DigitsCnn : public tloop::Task {
     at::Tensor loss = F::cross_entropy(logits, yb_);
     ctx.record("accuracy", logits.argmax(1).eq(yb_).to(at::kFloat).mean().item<double>());
 
-    // Once per step (forward runs once per micro-batch). The holdout is
-    // evaluated at multiples of eval_interval and at the last step: with a
-    // logging interval that divides eval_interval, each logged
-    // holdout_accuracy is the one measured at the step it is logged for.
+    // Once per step (forward runs once per micro-batch).
     const int64_t step = ctx.step();
     if (step != last_step_) {
       last_step_ = step;
       if (num_images_ > 0 && step == 1) log_images(ctx, "samples", at::Tensor(), false);
-      if (step % eval_interval_ == 0 || step == ctx.max_steps()) {
-        at::Tensor predictions = evaluate(ctx);
-        if (num_images_ > 0 && step == ctx.max_steps()) log_images(ctx, "predictions", predictions, true);
-      }
     }
     return loss;
+  }
+
+  // ---- evaluation (tloop.eval/1). The eval position is apart from the
+  // training cursor, not part of the state (every pass starts over), and
+  // draws no random numbers. The splits are known from the options (the
+  // host asks before setup, to check the spec).
+  std::vector<std::string> eval_splits(tloop::Context&) override {
+    std::vector<std::string> splits{"val"};
+    if (n_test_ > 0) splits.push_back("test");
+    return splits;
+  }
+  std::vector<std::string> default_metrics(tloop::Context&, const std::string&) override { return {"accuracy"}; }
+  void set_training(tloop::Context&, bool training) override { net_->train(training); }
+
+  std::optional<int64_t> eval_begin(tloop::Context&, const std::string& split) override {
+    if (split == "val") {
+      eval_x_ = x_val_;
+      eval_y_ = y_val_;
+    } else if (split == "test" && n_test_ > 0) {
+      eval_x_ = x_test_;
+      eval_y_ = y_test_;
+    } else {
+      throw std::invalid_argument("digits_cnn has no evaluation split '" + split + "' (it has " +
+                                  (n_test_ > 0 ? "val and test" : "val; test_fraction is 0") + ")");
+    }
+    eval_pos_ = 0;
+    confusion_ = at::zeros({kClasses, kClasses}, at::TensorOptions().dtype(at::kLong));
+    confusion_samples_ = 0;
+    return (eval_x_.size(0) + eval_batch_size_ - 1) / eval_batch_size_;
+  }
+
+  bool eval_next(tloop::Context&) override {
+    const int64_t n = eval_x_.defined() ? eval_x_.size(0) : 0;
+    if (eval_pos_ >= n) return false;
+    const int64_t end = std::min(eval_pos_ + eval_batch_size_, n);
+    exb_ = eval_x_.slice(0, eval_pos_, end);
+    eyb_ = eval_y_.slice(0, eval_pos_, end);
+    eval_pos_ = end;
+    return true;
+  }
+
+  void eval_forward(tloop::Context& ctx, bool predict) override {
+    at::Tensor logits = net_->forward(exb_).to(at::kFloat);
+    tloop::publish(ctx, "logits", logits);
+    tloop::publish(ctx, "targets", eyb_);
+    tloop::record(ctx, "loss", F::cross_entropy(logits, eyb_));
+    if (!predict) {
+      at::Tensor cell = (eyb_ * kClasses + logits.argmax(1)).to(at::kCPU);
+      confusion_ += at::bincount(cell, {}, kClasses * kClasses).view({kClasses, kClasses});
+      confusion_samples_ += cell.size(0);
+    }
+  }
+
+  // At the run's last evaluation (the last step), once per step even when
+  // an EMA pass evaluates val again: the val confusion matrix and val
+  // predictions as images.
+  void eval_end(tloop::Context& ctx, const std::string& split) override {
+    const int64_t step = ctx.step();
+    if (split != "val" || step != ctx.max_steps() || step == images_step_ || confusion_samples_ == 0) return;
+    images_step_ = step;
+    log_confusion_matrix(ctx, "val/confusion_matrix");
+    if (num_images_ > 0) {
+      torch::NoGradGuard no_grad;
+      const int64_t count = std::min<int64_t>(num_images_, x_val_.size(0));
+      at::Tensor predicted = net_->forward(x_val_.slice(0, 0, count)).argmax(1);
+      log_images(ctx, "predictions", predicted, true);
+    }
   }
 
   void state_dict(tloop::Context&, tloop::StateWriter& out) override {
@@ -215,25 +293,37 @@ class DigitsCnn : public tloop::Task {
   }
 
  private:
-  // Holdout accuracy as a record; returns the predicted classes.
-  at::Tensor evaluate(tloop::Context& ctx) {
-    torch::NoGradGuard no_grad;
-    at::Tensor predicted = net_->forward(x_holdout_).argmax(1);
-    ctx.record("holdout_accuracy", predicted.eq(y_holdout_).to(at::kFloat).mean().item<double>());
-    return predicted;
+  // The current pass's confusion matrix, gray: 10x10 cells of 16x16 pixels,
+  // a cell's intensity 255 * count / row sum (row: the true class).
+  void log_confusion_matrix(tloop::Context& ctx, const std::string& key) {
+    constexpr int kCell = 16;
+    constexpr int side = static_cast<int>(kClasses) * kCell;
+    std::vector<uint8_t> pixels(static_cast<size_t>(side) * side, 0);
+    at::Tensor counts = confusion_.contiguous();
+    const int64_t* c = counts.data_ptr<int64_t>();
+    for (int64_t r = 0; r < kClasses; ++r) {
+      int64_t row_sum = 0;
+      for (int64_t p = 0; p < kClasses; ++p) row_sum += c[r * kClasses + p];
+      for (int64_t p = 0; p < kClasses; ++p) {
+        const auto v = static_cast<uint8_t>(row_sum > 0 ? 255 * c[r * kClasses + p] / row_sum : 0);
+        for (int y = 0; y < kCell; ++y)
+          for (int x = 0; x < kCell; ++x) pixels[(r * kCell + y) * side + p * kCell + x] = v;
+      }
+    }
+    ctx.log_images({{key, side, side, 1, side, pixels.data()}});
   }
 
   // Gray images scaled 4x (32x32); keys carry the label (and the prediction).
   void log_images(tloop::Context& ctx, const std::string& prefix, const at::Tensor& predicted, bool with_prediction) {
-    const int64_t count = std::min<int64_t>(num_images_, x_holdout_.size(0));
+    const int64_t count = std::min<int64_t>(num_images_, x_val_.size(0));
     constexpr int kScale = 4;
-    at::Tensor pixels = (x_holdout_.slice(0, 0, count).to(at::kCPU) * 255.0)
+    at::Tensor pixels = (x_val_.slice(0, 0, count).to(at::kCPU) * 255.0)
                             .clamp(0, 255)
                             .to(at::kByte)
                             .repeat_interleave(kScale, 2)
                             .repeat_interleave(kScale, 3)
                             .contiguous();
-    at::Tensor labels = y_holdout_.slice(0, 0, count).to(at::kCPU);
+    at::Tensor labels = y_val_.slice(0, 0, count).to(at::kCPU);
     at::Tensor preds = with_prediction ? predicted.slice(0, 0, count).to(at::kCPU) : at::Tensor();
     std::vector<tloop::ImageView> images;
     const int side = static_cast<int>(kSide * kScale);
@@ -246,15 +336,20 @@ class DigitsCnn : public tloop::Task {
   }
 
   int64_t batch_size_;
-  double holdout_fraction_;
-  int64_t eval_interval_, channels_, hidden_, num_images_;
+  double holdout_fraction_, test_fraction_;
+  int64_t eval_batch_size_, channels_, hidden_, num_images_;
+  int64_t n_val_ = 0, n_test_ = 0;  // the split sizes, from the options and the data
   std::string data_path_;
   std::vector<float> pixels_;    // read in create, made tensors in setup
   std::vector<int64_t> labels_;
   uint64_t seed_ = 0;
   c10::Device device_ = c10::Device(c10::kCPU);
-  at::Tensor x_train_, y_train_, x_holdout_, y_holdout_, order_, xb_, yb_;
+  at::Tensor x_train_, y_train_, x_val_, y_val_, x_test_, y_test_, order_, xb_, yb_;
   int64_t epoch_ = 0, cursor_ = 0, last_step_ = -1;
+  // The evaluation pass: its split, position, batch and confusion matrix
+  // (CPU int64, true class x predicted class).
+  at::Tensor eval_x_, eval_y_, exb_, eyb_, confusion_;
+  int64_t eval_pos_ = 0, confusion_samples_ = 0, images_step_ = -1;
   DigitsNet net_{nullptr};
 };
 
