@@ -84,7 +84,7 @@ TEST_CASE("a training failure exits 1 and a signal exits 128+N") {
   CHECK(lines.back().substr(lines.back().rfind(' ')) == " 143");
 }
 
-TEST_CASE("the default spec reaches 95% holdout accuracy and writes TensorBoard and W&B runs" *
+TEST_CASE("the default spec reaches 95% validation accuracy, keeps its best checkpoint and writes TensorBoard and W&B runs" *
           doctest::test_suite("slow")) {
   TempDir dir;
   auto r = test::run_command(test::cli() + " run " + TLOOP_SOURCE_DIR + "/configs/default.toml --set run.workspace=\"" +
@@ -92,7 +92,7 @@ TEST_CASE("the default spec reaches 95% holdout accuracy and writes TensorBoard 
   INFO(r.output);
   REQUIRE(r.exit_code == 0);
   std::smatch m;
-  REQUIRE(std::regex_search(r.output, m, std::regex(R"(finished 'digits': 600/600 steps .* holdout_accuracy ([0-9.]+))")));
+  REQUIRE(std::regex_search(r.output, m, std::regex(R"(finished 'digits': 600/600 steps .*, val/accuracy ([0-9]\.[0-9]{4}))")));
   CHECK(std::stod(m[1].str()) >= 0.95);
   // Both trackers are on in the default spec (their contents: tests/python).
   const auto ws = dir / "ws";
@@ -103,14 +103,22 @@ TEST_CASE("the default spec reaches 95% holdout accuracy and writes TensorBoard 
     return false;
   };
   CHECK(has_file(ws / "tb", std::regex(R"(events\.out\.tfevents\..*)")));
-  // The holdout is measured every eval_interval (100) steps and logged with
-  // the row of its own step, never carried into another interval's row.
-  std::vector<int64_t> holdout_steps;
+  // The validation split is evaluated every 100 steps ([eval] interval), in
+  // rows of their own; the best checkpoint by val/accuracy is kept as `best`.
+  std::vector<int64_t> val_steps;
+  double best = -1.0;
+  int64_t best_step = -1;
   for (const auto& line : test::read_lines(ws / "metrics.jsonl")) {
     const auto row = nlohmann::json::parse(line);
-    if (row.contains("train/holdout_accuracy")) holdout_steps.push_back(row["step"].get<int64_t>());
+    if (!row.contains("val/accuracy")) continue;
+    val_steps.push_back(row["step"].get<int64_t>());
+    if (row["val/accuracy"].get<double>() > best) {
+      best = row["val/accuracy"].get<double>();
+      best_step = row["step"].get<int64_t>();
+    }
   }
-  CHECK(holdout_steps == std::vector<int64_t>{100, 200, 300, 400, 500, 600});
+  CHECK(val_steps == std::vector<int64_t>{100, 200, 300, 400, 500, 600});
+  CHECK(test::read_file(ws / "checkpoints" / "best") == std::to_string(best_step) + "\n");
   const std::string id = test::read_file(ws / "wandb_run_id");
   CHECK(has_file(ws / "wandb" / "latest-run", std::regex("run-" + id + "\\.wandb")));
 }

@@ -1,11 +1,18 @@
 // Test task with behaviour chosen by options: loss = grad_scale * sum(w), with
-// w a vector of ones; some forwards return no loss or a non-finite one.
+// w a vector of ones; some forwards return no loss or a non-finite one. With
+// eval_values, a split "val" of one batch whose "loss" is the next number of
+// the list at each evaluation pass: metric values a test knows in advance.
 #include <tloop/torch.hpp>
 
 #include <ATen/TensorOperators.h>
 #include <ATen/ops/ones.h>
 
+#include <ATen/ops/scalar_tensor.h>
+
+#include <chrono>
 #include <limits>
+#include <stdexcept>
+#include <thread>
 
 namespace {
 
@@ -31,6 +38,12 @@ class ScriptedTask : public tloop::Task {
                                                      "negative: declared as given (a bad length)"),
                 tloop::option("bad_loss", "", "forward returns a wrong loss: vector | integer | detached | \"\"")
                     .one_of({"", "vector", "integer", "detached"}),
+                tloop::option("eval_values", std::vector<std::string>{},
+                              "numbers (\"0.5\", \"nan\"): with any, the task evaluates split \"val\", one batch "
+                              "recording \"loss\" = the next number at each pass (the last one once they run out)"),
+                tloop::option("hang_at", 0, "the forward of this step never returns (0: never): a run to kill at a "
+                                            "known step")
+                    .at_least(0),
             }};
   }
   ScriptedTask(tloop::Context&, const tloop::Options& o)
@@ -43,8 +56,20 @@ class ScriptedTask : public tloop::Task {
         outputs_(o.get_string("outputs")),
         record_every_(o.get_int("record_every")),
         batches_per_epoch_(o.get_int("batches_per_epoch")),
-        bad_loss_(o.get_string("bad_loss")) {
+        bad_loss_(o.get_string("bad_loss")),
+        hang_at_(o.get_int("hang_at")) {
     if (fail_in_ == "create") throw tloop::Error("scripted failure in create");
+    for (const auto& text : o.get_string_list("eval_values")) {
+      size_t used = 0;
+      double v = 0;
+      try {
+        v = std::stod(text, &used);
+      } catch (const std::exception&) {
+        used = 0;
+      }
+      if (used == 0 || used != text.size()) throw std::invalid_argument("eval_values: '" + text + "' is not a number");
+      eval_values_.push_back(v);
+    }
   }
 
   void setup(tloop::Context& ctx) override {
@@ -57,10 +82,28 @@ class ScriptedTask : public tloop::Task {
   void state_dict(tloop::Context&, tloop::StateWriter& out) override {
     out.put("batches", batches_);
     out.put("forwards", forwards_);
+    out.put("eval_passes", eval_passes_);
   }
   void load_state_dict(tloop::Context&, const tloop::StateReader& in) override {
     batches_ = in.get_int("batches").value_or(0);
     forwards_ = in.get_int("forwards").value_or(0);
+    eval_passes_ = in.get_int("eval_passes").value_or(0);
+  }
+  // Evaluation: one batch per pass; the pass counter is in the state, so a
+  // resumed run goes on with the numbers where the checkpoint's run was.
+  std::vector<std::string> eval_splits(tloop::Context&) override {
+    return eval_values_.empty() ? std::vector<std::string>{} : std::vector<std::string>{"val"};
+  }
+  std::optional<int64_t> eval_begin(tloop::Context&, const std::string& split) override {
+    if (split != "val") throw tloop::Error("scripted_task has no evaluation split '" + split + "'");
+    eval_value_ = eval_values_.at(std::min(static_cast<size_t>(eval_passes_), eval_values_.size() - 1));
+    ++eval_passes_;
+    eval_batch_ = 0;
+    return 1;
+  }
+  bool eval_next(tloop::Context&) override { return eval_batch_++ < 1; }
+  void eval_forward(tloop::Context& ctx, bool) override {
+    tloop::record(ctx, "loss", at::scalar_tensor(eval_value_, at::kDouble));
   }
   std::optional<int64_t> batches_per_epoch(tloop::Context&) override {
     return batches_per_epoch_ == 0 ? std::nullopt : std::optional<int64_t>(batches_per_epoch_);
@@ -68,6 +111,8 @@ class ScriptedTask : public tloop::Task {
   std::optional<at::Tensor> forward(tloop::Context& ctx) override {
     ++forwards_;
     if (fail_in_ == "forward") throw tloop::Error("scripted failure in forward");
+    if (hang_at_ > 0 && ctx.step() == hang_at_)
+      for (;;) std::this_thread::sleep_for(std::chrono::milliseconds(10));  // until the test kills the process
     ctx.record("forward", static_cast<double>(forwards_));
     if (record_every_ > 0 && ctx.step() % record_every_ == 0) ctx.record("sparse", static_cast<double>(ctx.step()));
     if (forwards_ == 1 && !image_keys_.empty()) {
@@ -106,6 +151,10 @@ class ScriptedTask : public tloop::Task {
   std::string outputs_;
   int64_t record_every_, batches_per_epoch_;
   std::string bad_loss_;
+  int64_t hang_at_;
+  std::vector<double> eval_values_;
+  int64_t eval_passes_ = 0, eval_batch_ = 0;
+  double eval_value_ = 0;
   uint8_t pixels_[2 * 3 * 4] = {};
   int64_t batches_ = 0, forwards_ = 0;
   at::Tensor w_;

@@ -12,6 +12,13 @@
 // A load verifies the manifest and falls back to the newest valid checkpoint
 // when the newest is damaged, moving the damaged one aside (damaged-<name>):
 // nothing is deleted but what pruning removes by the keep rules.
+//
+// With `monitor` (a metric the evaluation logs, "val/loss"), the checkpoints
+// of the `keep_best` best values are kept too, as Lightning's
+// ModelCheckpoint(monitor, save_top_k) keeps them: a step whose value enters
+// the best is saved even off the interval, and <path>/best (written like
+// latest) names the best one. The best list is part of the hook's state, so
+// it survives pruning and a resume.
 #include "checkpoint_reader.h"
 #include "durable_io.h"
 
@@ -24,6 +31,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstring>
 #include <ctime>
@@ -31,6 +39,7 @@
 #include <map>
 #include <regex>
 #include <set>
+#include <sstream>
 #include <thread>
 #include <variant>
 
@@ -91,6 +100,16 @@ std::vector<char> safetensors_bytes(const Named& tensors) {
   return out;
 }
 
+/// Points root/<pointer> ("latest", "best") at checkpoint `name`, durably:
+/// written to <pointer>.tmp and fsync'd, renamed over it, the directory fsync'd.
+void write_pointer(const fs::path& root, const std::string& pointer, const std::string& name) {
+  const std::string text = name + "\n";
+  const fs::path tmp = root / (pointer + ".tmp");
+  checkpointing::write_file_durably(tmp, text.data(), text.size());
+  fs::rename(tmp, root / pointer);
+  checkpointing::fsync_directory(root);
+}
+
 /// Writes a snapshot as checkpoint directory `name` under `root`, atomically.
 void write_checkpoint(const fs::path& root, const std::string& name, const Snapshot& snap, bool safetensors) {
   fs::create_directories(root);
@@ -139,10 +158,7 @@ void write_checkpoint(const fs::path& root, const std::string& name, const Snaps
   checkpointing::fsync_directory(root);
   fs::remove_all(old);
 
-  const std::string pointer = name + "\n";
-  checkpointing::write_file_durably(root / "latest.tmp", pointer.data(), pointer.size());
-  fs::rename(root / "latest.tmp", root / "latest");
-  checkpointing::fsync_directory(root);
+  write_pointer(root, "latest", name);
 }
 
 // "500" -> 500, "500_keep" -> 500; anything else -> -1.
@@ -157,6 +173,8 @@ class Checkpointing : public tloop::Hook {
   // Saves last, after every other hook: a checkpoint holds their state after
   // the step (the EMA of that step, a logger's aggregates) and follows its log rows.
   static constexpr tloop_hook_phase phase = TLOOP_PHASE_SAVE;
+  // after_eval gives the monitored metric's values (tloop.eval_events/1).
+  static constexpr bool eval_events = true;
 
   static tloop::PluginInfo info() {
     return {"checkpointing",
@@ -174,8 +192,19 @@ class Checkpointing : public tloop::Hook {
                 tloop::option("keep_steps", std::vector<int64_t>{}, "checkpoints at these steps are kept forever"),
                 tloop::option("path", "checkpoints", "directory, relative to the workspace unless absolute"),
                 tloop::option("load", "latest",
-                              "\"latest\" (resume when there is one), \"none\", a checkpoint's name in path "
-                              "(\"1000\"), or a checkpoint directory"),
+                              "\"latest\" (resume when there is one), \"none\", \"best\" (the checkpoint <path>/best "
+                              "names; it must exist), a checkpoint's name in path (\"1000\"), or a checkpoint "
+                              "directory"),
+                tloop::option("monitor", "",
+                              "a metric the evaluation logs, by its full key (\"val/accuracy\"): the checkpoints of "
+                              "its keep_best best values are kept, each saved when its value comes (even off the "
+                              "interval), and <path>/best names the best (\"\": none)"),
+                tloop::option("mode", "min", "whether lower (\"min\") or higher (\"max\") values of monitor are better")
+                    .one_of({"min", "max"}),
+                tloop::option("keep_best", 1,
+                              "checkpoints kept for the best values of monitor (only with monitor); one that leaves "
+                              "them is pruned like a regular one; a NaN or infinite value never enters")
+                    .at_least(0),
                 tloop::option("exit_signals", {"SIGTERM", "SIGUSR1"},
                               "signals that save a checkpoint and exit (what schedulers send before a kill; "
                               "[] for none)")
@@ -212,7 +241,17 @@ class Checkpointing : public tloop::Hook {
         safetensors_(o.get_bool("safetensors")),
         allow_fresh_start_(o.get_bool("allow_fresh_start")),
         overwrite_(o.get_bool("overwrite")),
-        save_on_error_(o.get_bool("save_on_error")) {
+        save_on_error_(o.get_bool("save_on_error")),
+        monitor_(o.get_string("monitor")),
+        maximize_(o.get_string("mode") == "max"),
+        keep_best_(o.get_int("keep_best")) {
+    if (!monitor_.empty()) {
+      const size_t slash = monitor_.rfind('/');
+      if (slash == std::string::npos || slash == 0 || slash + 1 == monitor_.size())
+        throw std::invalid_argument("monitor = \"" + monitor_ +
+                                    "\": expected a metric's full key, <prefix>/<name> (\"val/loss\")");
+      monitor_prefix_ = monitor_.substr(0, slash);
+    }
     for (int64_t s : o.get_int_list("keep_steps")) keep_steps_.insert(s);
     for (const auto& name : o.get_string_list("exit_signals")) {
       auto it = kSignals.find(name.rfind("SIG", 0) == 0 ? name : "SIG" + name);
@@ -241,8 +280,9 @@ class Checkpointing : public tloop::Hook {
       start_over(ctx);
       return;
     }
+    best_pointer_ = read_pointer("best");
     if (load_ != "latest") {
-      const fs::path dir = resolve_load(load_);
+      const fs::path dir = load_ == "best" ? best_checkpoint() : resolve_load(load_);
       if (!fs::is_directory(dir)) throw std::invalid_argument("load: no checkpoint at '" + load_ + "' (" + dir.string() + ")");
       const std::string problem = checkpointing::verify_checkpoint(dir);
       if (!problem.empty()) throw std::invalid_argument("load: checkpoint " + dir.string() + " is damaged: " + problem);
@@ -279,13 +319,34 @@ class Checkpointing : public tloop::Hook {
     reported_.clear();
   }
 
+  // The monitored metric's value of this step, kept until after_step (the
+  // evaluation runs in after_step, before the hooks of the save phase).
+  void after_eval(tloop::Context& ctx, const tloop::EvalPass& pass, const tloop::Metrics& metrics) override {
+    if (monitor_.empty() || pass.sanity || pass.predict || pass.prefix != monitor_prefix_) return;
+    const auto it = std::find_if(metrics.begin(), metrics.end(), [&](const auto& m) { return m.first == monitor_; });
+    if (it == metrics.end()) {
+      std::string logged;
+      for (const auto& [key, value] : metrics) logged += (logged.empty() ? "" : ", ") + key;
+      throw std::invalid_argument("monitor = \"" + monitor_ + "\": the evaluation of " + pass.prefix +
+                                  " logged no such metric (it logged: " + (logged.empty() ? "nothing" : logged) + ")");
+    }
+    observed_ = {ctx.step(), it->second};
+    received_ = true;
+  }
+
   void after_step(tloop::Context& ctx) override {
     collect_finished_save(ctx, /*wait=*/false);
+    trained_ = true;
     const int64_t step = ctx.step();
     const int sig = ctx.pending_signal();
     const bool exit_now = sig != 0 && exit_signals_.count(sig) > 0;
-    // As trainloop: a step to keep is saved even off the interval.
-    if (every_.due(ctx) || kept(step) || step == ctx.max_steps() || exit_now) save(ctx, step);
+    // The best list is updated before the save, so that the checkpoint of a
+    // step among the best holds a list with that step in it.
+    const bool best = observed_ && observed_->first == step && enters_best(ctx, step, observed_->second);
+    observed_.reset();
+    // As trainloop: a step to keep is saved even off the interval; as
+    // Lightning: so is a step among the best of the monitored metric.
+    if (every_.due(ctx) || kept(step) || step == ctx.max_steps() || exit_now || best) save(ctx, step);
     if (exit_now) {
       collect_finished_save(ctx, /*wait=*/true);
       const int code = exit_code_.value_or(128 + sig);
@@ -296,13 +357,75 @@ class Checkpointing : public tloop::Hook {
     }
   }
 
-  void after_train(tloop::Context& ctx) override { collect_finished_save(ctx, /*wait=*/true); }
+  void after_train(tloop::Context& ctx) override {
+    collect_finished_save(ctx, /*wait=*/true);
+    if (!monitor_.empty() && trained_ && !received_)
+      ctx.warn("checkpointing: monitor = \"" + monitor_ + "\" never had a value in this run (no evaluation of " +
+               monitor_prefix_ + " ran: is [eval] interval set, and does the task evaluate that split?); no best "
+               "checkpoint was chosen");
+  }
+
+  // The best list (each entry's step, checkpoint name and value, best first)
+  // and what it ranks by: a resumed run goes on with it, so its checkpoints
+  // survive pruning.
+  void state_dict(tloop::Context&, tloop::StateWriter& out) override {
+    out.put("monitor", monitor_);
+    out.put("mode", std::string(maximize_ ? "max" : "min"));
+    out.put("best/count", static_cast<int64_t>(best_.size()));
+    for (size_t i = 0; i < best_.size(); ++i) {
+      const std::string key = "best/" + std::to_string(i) + "/";
+      out.put(key + "step", best_[i].step);
+      out.put(key + "name", best_[i].name);
+      out.put(key + "value", best_[i].value);
+    }
+  }
+
+  void load_state_dict(tloop::Context& ctx, const tloop::StateReader& in) override {
+    best_.clear();
+    const std::optional<std::string> monitor = in.get_string("monitor");
+    if (!monitor) return;  // a checkpoint from before monitors
+    const std::string mode = in.get_string("mode").value_or("min");
+    const int64_t count = in.get_int("best/count").value_or(0);
+    if (count > 0 && (*monitor != monitor_ || mode != (maximize_ ? "max" : "min"))) {
+      ctx.warn("checkpointing: the checkpoint's best list ranks monitor = \"" + *monitor + "\" (mode \"" + mode +
+               "\"), this run's " + (monitor_.empty() ? std::string("has no monitor")
+                                                      : "monitor = \"" + monitor_ + "\" (mode \"" +
+                                                            (maximize_ ? "max" : "min") + "\")") +
+               ": its best checkpoints are regular ones from now on, pruned like them");
+      return;
+    }
+    for (int64_t i = 0; i < count; ++i) {
+      const std::string key = "best/" + std::to_string(i) + "/";
+      const auto step = in.get_int(key + "step");
+      const auto name = in.get_string(key + "name");
+      const auto value = in.get_double(key + "value");
+      if (!step || !name || !value || step_of(*name) != *step)
+        throw std::invalid_argument("checkpointing: the saved best list's entry " + std::to_string(i) +
+                                    " is incomplete or names no checkpoint of its step");
+      best_.push_back({*step, *name, *value});
+    }
+    // A run with a smaller keep_best keeps the best of them.
+    if (best_.size() > static_cast<size_t>(keep_best_)) best_.resize(static_cast<size_t>(keep_best_));
+  }
 
   // The run ends with an error. When the host says its state still holds a
   // whole step (never half a step, never non-finite weights), that step is
   // saved, so the work since the last checkpoint survives the error.
+  //
+  // A run a hook ended early with exit code 0 (early stopping) saves its
+  // last step, which its after_step did not save; after a normal end, that
+  // step (max_steps) is saved already.
   void finish(tloop::Context& ctx, int exit_code) override {
-    if (exit_code == 0) return;
+    if (exit_code == 0) {
+      collect_finished_save(ctx, /*wait=*/true);
+      const int64_t step = ctx.step();
+      if (step <= 0 || step == last_saved_) return;
+      save(ctx, step);
+      collect_finished_save(ctx, /*wait=*/true);
+      ctx.info("checkpointing: the run ended early at step " + std::to_string(step) + "; its checkpoint is saved in " +
+               (root_ / name_for(step)).string());
+      return;
+    }
     collect_finished_save(ctx, /*wait=*/true);  // a background save's failure is reported, not lost
     const int64_t step = ctx.resumable_step();
     if (!save_on_error_ || step <= 0 || step == last_saved_) return;
@@ -317,15 +440,35 @@ class Checkpointing : public tloop::Hook {
   // Newest first: what `latest` names, then every checkpoint by step.
   std::vector<fs::path> candidates() const {
     std::vector<fs::path> out;
-    if (fs::exists(root_ / "latest")) {
-      std::vector<char> bytes = checkpointing::read_file(root_ / "latest", 4096);  // a name and a newline
-      std::string name(bytes.begin(), bytes.end());
-      name.erase(name.find_last_not_of(" \n\r\t") + 1);
-      if (step_of(name) >= 0 && fs::is_directory(root_ / name)) out.push_back(root_ / name);
-    }
+    if (const std::string name = read_pointer("latest"); !name.empty() && fs::is_directory(root_ / name))
+      out.push_back(root_ / name);
     for (const auto& [step, path] : checkpoints())
       if (std::find(out.begin(), out.end(), path) == out.end()) out.push_back(path);
     return out;
+  }
+
+  // The checkpoint name a pointer file (latest, best) holds, or "" when there
+  // is none or it holds no checkpoint name.
+  std::string read_pointer(const std::string& pointer) const {
+    if (!fs::exists(root_ / pointer)) return "";
+    std::vector<char> bytes = checkpointing::read_file(root_ / pointer, 4096);  // a name and a newline
+    std::string name(bytes.begin(), bytes.end());
+    name.erase(name.find_last_not_of(" \n\r\t") + 1);
+    return step_of(name) >= 0 ? name : "";
+  }
+
+  // load = "best": the checkpoint <path>/best names.
+  fs::path best_checkpoint() const {
+    const fs::path pointer = root_ / "best";
+    if (!fs::exists(pointer))
+      throw std::invalid_argument("load = \"best\": there is no best checkpoint (" + pointer.string() +
+                                  " does not exist; a run with monitor set writes it once its metric has a value)");
+    if (best_pointer_.empty())
+      throw std::invalid_argument("load = \"best\": " + pointer.string() + " names no checkpoint");
+    if (!fs::is_directory(root_ / best_pointer_))
+      throw std::invalid_argument("load = \"best\": " + pointer.string() + " names " + best_pointer_ +
+                                  ", which is not in " + root_.string());
+    return root_ / best_pointer_;
   }
 
   // Every checkpoint directory (<step> and <step>_keep) with its step, newest first.
@@ -372,7 +515,8 @@ class Checkpointing : public tloop::Hook {
     const fs::path aside = unused_path(std::string("replaced-") + stamp);
     fs::create_directory(aside);
     for (const auto& [step, dir] : existing) fs::rename(dir, aside / dir.filename());
-    if (fs::exists(root_ / "latest")) fs::rename(root_ / "latest", aside / "latest");
+    for (const char* pointer : {"latest", "best"})
+      if (fs::exists(root_ / pointer)) fs::rename(root_ / pointer, aside / pointer);
     ctx.warn("checkpointing: load = \"none\" with overwrite = true: the earlier checkpoints (" + join(names, ", ") +
              ") are moved to " + aside.string());
   }
@@ -388,7 +532,7 @@ class Checkpointing : public tloop::Hook {
     std::error_code ec;
     for (const auto& entry : fs::directory_iterator(root_, ec)) {
       const std::string name = entry.path().filename().string();
-      if (name.rfind(".tmp-", 0) == 0 || name.rfind(".old-", 0) == 0 || name == "latest.tmp") {
+      if (name.rfind(".tmp-", 0) == 0 || name.rfind(".old-", 0) == 0 || name == "latest.tmp" || name == "best.tmp") {
         ctx.debug("checkpointing: removing the leftover " + entry.path().string());
         fs::remove_all(entry.path(), ec);
       }
@@ -438,6 +582,8 @@ class Checkpointing : public tloop::Hook {
     }
     last_saved_ = ctx.step();     // no emergency save of the step just loaded
     ctx.info("checkpointing: resumed from " + dir.string() + " at step " + std::to_string(ctx.step()));
+    // A run killed between a save and the best pointer's update left it behind.
+    update_best_pointer(ctx);
   }
 
   Snapshot snapshot(tloop::Context& ctx, int64_t step, bool copy) {
@@ -536,22 +682,75 @@ class Checkpointing : public tloop::Hook {
   void saved(tloop::Context& ctx, const std::string& name) {
     ctx.debug("checkpointing: saved " + (root_ / name).string());
     prune(ctx, name);
+    update_best_pointer(ctx);
+  }
+
+  bool better(double a, double b) const { return maximize_ ? a > b : a < b; }
+
+  // Enters `value` of `step` into the best list when it belongs there:
+  // strictly better than the worst kept, or fewer than keep_best kept; a NaN
+  // or infinite value never does. One pushed out becomes a regular checkpoint.
+  bool enters_best(tloop::Context& ctx, int64_t step, double value) {
+    if (keep_best_ == 0 || !std::isfinite(value)) return false;
+    if (best_.size() >= static_cast<size_t>(keep_best_) && !better(value, best_.back().value)) return false;
+    // After every entry at least as good: an equal value ranks below an earlier one.
+    const auto at = std::find_if(best_.begin(), best_.end(), [&](const Best& b) { return better(value, b.value); });
+    best_.insert(at, Best{step, name_for(step), value});
+    std::string out;
+    if (best_.size() > static_cast<size_t>(keep_best_)) {
+      out = "; step " + std::to_string(best_.back().step) + " leaves them";
+      best_.pop_back();
+    }
+    ctx.info("checkpointing: " + monitor_ + " = " + format(value) + " at step " + std::to_string(step) +
+             " is among the best " + std::to_string(keep_best_) + out + "; the best is step " +
+             std::to_string(best_.front().step) + " (" + format(best_.front().value) + ")");
+    return true;
+  }
+
+  static std::string format(double v) {
+    std::ostringstream os;
+    os << v;
+    return os.str();
+  }
+
+  // Points <path>/best at the best checkpoint, once that is on disk (an
+  // asynchronous save of it may still be writing).
+  void update_best_pointer(tloop::Context& ctx) {
+    if (best_.empty() || best_.front().name == best_pointer_) return;
+    const std::string& name = best_.front().name;
+    if (!fs::is_directory(root_ / name)) return;
+    try {
+      write_pointer(root_, "best", name);
+    } catch (const std::exception& e) {
+      const std::string msg = "checkpointing: could not point " + (root_ / "best").string() + " at " + name + ": " +
+                              e.what() + " (the checkpoint itself is intact)";
+      if (abort_on_error_) throw tloop::Error(msg + "; stopping (on_save_error = \"abort\")");
+      ctx.error(msg + "; training continues (on_save_error = \"continue\")");
+      return;
+    }
+    best_pointer_ = name;
   }
 
   void failed(tloop::Context& ctx, int64_t step, const std::string& what) {
+    // A best checkpoint that was not written is not kept as one.
+    if (!fs::is_directory(root_ / name_for(step)))
+      best_.erase(std::remove_if(best_.begin(), best_.end(), [&](const Best& b) { return b.step == step; }),
+                  best_.end());
     const std::string msg = "checkpoint of step " + std::to_string(step) + " failed: " + what +
                             " (the previous checkpoints are intact)";
     if (abort_on_error_) throw tloop::Error(msg + "; stopping (on_save_error = \"abort\")");
     ctx.error(msg + "; training continues (on_save_error = \"continue\")");
   }
 
-  // Keeps the newest checkpoint, `keep_previous` regular ones before it, and every _keep one.
+  // Keeps the newest checkpoint, `keep_previous` regular ones before it,
+  // every _keep one and every one in the best list.
   void prune(tloop::Context& ctx, const std::string& newest) {
     std::vector<std::pair<int64_t, fs::path>> regular;
     for (const auto& [step, dir] : checkpoints()) {
       const std::string name = dir.filename().string();
       const bool kept = name != std::to_string(step);  // "<step>_keep"
-      if (name != newest && !kept) regular.emplace_back(step, dir);
+      const bool best = std::any_of(best_.begin(), best_.end(), [&](const Best& b) { return b.name == name; });
+      if (name != newest && !kept && !best) regular.emplace_back(step, dir);
     }
     std::error_code ec;
     for (size_t i = static_cast<size_t>(keep_previous_); i < regular.size(); ++i) {
@@ -568,6 +767,20 @@ class Checkpointing : public tloop::Hook {
   std::optional<int> exit_code_;
   double exit_wait_;
   bool async_, abort_on_error_, safetensors_, allow_fresh_start_, overwrite_, save_on_error_;
+  // Best checkpoints by a monitored metric.
+  struct Best {
+    int64_t step;
+    std::string name;  // the checkpoint's directory name
+    double value;
+  };
+  std::string monitor_, monitor_prefix_;
+  bool maximize_;
+  int64_t keep_best_;
+  std::vector<Best> best_;                             // best first
+  std::optional<std::pair<int64_t, double>> observed_;  // this step's value of monitor
+  bool received_ = false;                              // a value came in this run
+  bool trained_ = false;                               // a step ran in this run
+  std::string best_pointer_;                           // the name <path>/best holds
   std::vector<std::pair<std::string, double>> reported_;  // for the next step's info
   fs::path root_;
   int64_t last_saved_ = -1;

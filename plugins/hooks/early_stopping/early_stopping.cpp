@@ -1,0 +1,172 @@
+// early_stopping: Lightning's EarlyStopping. Watches a metric the evaluation
+// logs ("val/loss") and ends the run (exit code 0) once it has not improved
+// for `patience` evaluations in a row: improved means lower than the best by
+// more than min_delta (mode "min"), or higher (mode "max"). With check_finite
+// a NaN or infinite value stops the run at once.
+//
+// Its state (the best value and its step, the evaluations without
+// improvement, whether and where it stopped) is in checkpoints, so a resumed
+// run stops where an uninterrupted one would. A run that stopped early, run
+// again, does not train on: it exits 0 at once, unless trainer.max_steps was
+// raised or resume_stopped = true.
+#include <tloop/sdk.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+#include <sstream>
+#include <string>
+
+namespace {
+
+std::string format(double v) {
+  std::ostringstream os;
+  os << v;
+  return os.str();
+}
+
+class EarlyStopping : public tloop::Hook {
+ public:
+  // Acts on what the evaluation measured, before anything logs or saves: a
+  // checkpoint of the step that stops the run records that it stopped.
+  static constexpr tloop_hook_phase phase = TLOOP_PHASE_MONITOR;
+  static constexpr bool eval_events = true;
+
+  static tloop::PluginInfo info() {
+    return {"early_stopping",
+            "1.0.0",
+            "Ends the run when a monitored evaluation metric stops improving (Lightning's EarlyStopping)",
+            {
+                tloop::required("monitor", TLOOP_TYPE_STRING,
+                                "the metric to watch, by its full key as the evaluation logs it (\"val/loss\")"),
+                tloop::option("mode", "min", "whether lower (\"min\") or higher (\"max\") values are better")
+                    .one_of({"min", "max"}),
+                tloop::option("patience", 3, "evaluations in a row without improvement that stop the run").at_least(1),
+                tloop::option("min_delta", 0.0, "how much better than the best a value must be to count as improved")
+                    .at_least(0),
+                tloop::option("check_finite", true, "stop at once when the value is NaN or infinite"),
+                tloop::option("resume_stopped", false,
+                              "a run that stopped early, run again, trains on (and may stop again) instead of "
+                              "exiting at once; raising trainer.max_steps does the same"),
+            }};
+  }
+
+  EarlyStopping(tloop::Context&, const tloop::Options& o)
+      : monitor_(o.get_string("monitor")),
+        maximize_(o.get_string("mode") == "max"),
+        patience_(o.get_int("patience")),
+        min_delta_(o.get_double("min_delta")),
+        check_finite_(o.get_bool("check_finite")),
+        resume_stopped_(o.get_bool("resume_stopped")) {
+    const size_t slash = monitor_.rfind('/');
+    if (slash == std::string::npos || slash == 0 || slash + 1 == monitor_.size())
+      throw std::invalid_argument("monitor = \"" + monitor_ +
+                                  "\": expected a metric's full key, <prefix>/<name> (\"val/loss\")");
+    prefix_ = monitor_.substr(0, slash);
+  }
+
+  void before_train(tloop::Context& ctx) override {
+    if (!stopped_) return;
+    const std::string where =
+        "the run stopped early at step " + std::to_string(stopped_step_) + (reason_.empty() ? "" : ": " + reason_);
+    if (!resume_stopped_ && ctx.max_steps() <= stopped_max_steps_) {
+      ctx.info("early_stopping: " + where + "; not training on: raise trainer.max_steps above " +
+               std::to_string(stopped_max_steps_) + " or set resume_stopped = true");
+      ctx.request_exit(0);
+      return;
+    }
+    ctx.info("early_stopping: " + where + "; training on (" +
+             (resume_stopped_ ? std::string("resume_stopped = true")
+                              : "trainer.max_steps raised from " + std::to_string(stopped_max_steps_) + " to " +
+                                    std::to_string(ctx.max_steps())) +
+             "), with the evaluations without improvement counted from 0");
+    stopped_ = false;
+    wait_ = 0;
+  }
+
+  void after_eval(tloop::Context& ctx, const tloop::EvalPass& pass, const tloop::Metrics& metrics) override {
+    if (pass.sanity || pass.predict || pass.prefix != prefix_ || stopped_) return;
+    const auto it = std::find_if(metrics.begin(), metrics.end(), [&](const auto& m) { return m.first == monitor_; });
+    if (it == metrics.end()) {
+      std::string logged;
+      for (const auto& [key, value] : metrics) logged += (logged.empty() ? "" : ", ") + key;
+      throw std::invalid_argument("monitor = \"" + monitor_ + "\": the evaluation of " + pass.prefix +
+                                  " logged no such metric (it logged: " + (logged.empty() ? "nothing" : logged) + ")");
+    }
+    const double value = it->second;
+    const int64_t step = ctx.step();
+    if (!std::isfinite(value)) {
+      if (check_finite_) {
+        stop(ctx, monitor_ + " is " + format(value) + " at step " + std::to_string(step) + " (check_finite)");
+        return;
+      }
+    } else if (!best_ || (maximize_ ? value > *best_ + min_delta_ : value < *best_ - min_delta_)) {
+      best_ = value;
+      best_step_ = step;
+      wait_ = 0;
+      return;
+    }
+    // A non-finite value (with check_finite = false) never improves.
+    if (++wait_ < patience_) return;
+    stop(ctx, monitor_ + " did not improve for " + std::to_string(wait_) + " evaluation" + (wait_ == 1 ? "" : "s") +
+                  (min_delta_ > 0 ? " by more than " + format(min_delta_) : std::string()) +
+                  (best_ ? " (best " + format(*best_) + " at step " + std::to_string(best_step_) + ")" : std::string()));
+  }
+
+  void state_dict(tloop::Context&, tloop::StateWriter& out) override {
+    out.put("monitor", monitor_);
+    out.put("mode", std::string(maximize_ ? "max" : "min"));
+    if (best_) out.put("best", *best_);  // only finite values: state.json holds them
+    out.put("best_step", best_step_);
+    out.put("wait", wait_);
+    out.put("stopped", static_cast<int64_t>(stopped_));
+    out.put("stopped_step", stopped_step_);
+    out.put("stopped_max_steps", stopped_max_steps_);
+    out.put("stopped_reason", reason_);
+  }
+
+  void load_state_dict(tloop::Context& ctx, const tloop::StateReader& in) override {
+    const std::optional<std::string> monitor = in.get_string("monitor");
+    const std::string mode = in.get_string("mode").value_or("min");
+    if (!monitor) return;  // no state of this hook in the checkpoint: start afresh
+    if (*monitor != monitor_ || mode != (maximize_ ? "max" : "min")) {
+      ctx.warn("early_stopping: the checkpoint watched " + *monitor + " (mode \"" + mode + "\"); this run watches " +
+               monitor_ + " (mode \"" + (maximize_ ? "max" : "min") + "\"): starting afresh");
+      return;
+    }
+    best_ = in.get_double("best");
+    best_step_ = in.get_int("best_step").value_or(0);
+    wait_ = in.get_int("wait").value_or(0);
+    stopped_ = in.get_int("stopped").value_or(0) != 0;
+    stopped_step_ = in.get_int("stopped_step").value_or(0);
+    stopped_max_steps_ = in.get_int("stopped_max_steps").value_or(0);
+    reason_ = in.get_string("stopped_reason").value_or("");
+  }
+
+ private:
+  void stop(tloop::Context& ctx, const std::string& reason) {
+    stopped_ = true;
+    stopped_step_ = ctx.step();
+    stopped_max_steps_ = ctx.max_steps();
+    reason_ = reason;
+    ctx.info("early_stopping: " + reason + "; stopping at step " + std::to_string(stopped_step_));
+    ctx.request_exit(0);
+  }
+
+  std::string monitor_, prefix_;
+  bool maximize_;
+  int64_t patience_;
+  double min_delta_;
+  bool check_finite_, resume_stopped_;
+
+  std::optional<double> best_;
+  int64_t best_step_ = 0;
+  int64_t wait_ = 0;
+  bool stopped_ = false;
+  int64_t stopped_step_ = 0, stopped_max_steps_ = 0;
+  std::string reason_;
+};
+
+}  // namespace
+
+TLOOP_PLUGIN_LIBRARY(tloop::hook<EarlyStopping>())
