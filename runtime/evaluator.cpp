@@ -190,8 +190,7 @@ Metrics Evaluator::pass(const std::string& split, const std::string& variant, Mo
   at::NoGradGuard no_grad;
   std::optional<int64_t> batches = task_.eval_begin(split);
   if (limit > 0) batches = batches ? std::min(*batches, limit) : limit;
-  const std::string variant_text = variant;
-  tloop_eval_pass info{sizeof(tloop_eval_pass), split.c_str(), variant_text.c_str(), prefix.c_str(),
+  tloop_eval_pass info{sizeof(tloop_eval_pass), split.c_str(), variant.c_str(), prefix.c_str(),
                        static_cast<int32_t>(sanity), static_cast<int32_t>(predict), batches.value_or(-1)};
   for (HookInstance* hook : hooks_) hook->before_eval(info);
 

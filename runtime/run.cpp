@@ -205,12 +205,17 @@ void Run::check_eval_spec() const {
 
 void Run::execute() {
   build(/*training=*/true);
-  const auto t0 = std::chrono::steady_clock::now();
-  struct FlushLog {
-    ~FlushLog() { log::flush(); }
-  } flush_log;  // the log file is complete when execute returns, also on failure
+  // The log file is complete and the time taken known when execute returns,
+  // also when it throws (an exit request's summary tells the time too).
+  struct Finally {
+    double& seconds;
+    std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
+    ~Finally() {
+      seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      log::flush();
+    }
+  } finally{seconds_};
   trainer_->train();
-  seconds_ = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
 void Run::build(bool training) {

@@ -186,3 +186,18 @@ TEST_CASE("metric totals merge by adding sums and counts, which a mean of means 
   CHECK(v[1] == std::pair<std::string, double>("val/loss", 12.0 / 5.0));
   CHECK_THROWS_AS(a.merge(tloop::MetricTotals{{"loss"}, {1.0}, {1.0}}), std::logic_error);
 }
+
+TEST_CASE("progress shows each evaluation's batches with an ETA, and the time it took") {
+  TempDir dir;
+  test::write_file(dir / "spec.toml", regression_spec("[[hooks]]\nplugin = \"progress\"\nbar = \"always\"\n"
+                                                      "[eval]\ninterval = 15\nsanity_batches = 1\n") +
+                                          "[run]\nworkspace = \"ws\"\n");
+  const auto r = test::run_command("cd " + dir.path().string() + " && " + test::cli() + " run spec.toml");
+  REQUIRE_MESSAGE(r.exit_code == 0, r.output);
+  // The live bar draws the last batch of every pass (250 samples, 3 batches).
+  CHECK(r.output.find("sanity check val 1/1 batches | ETA ") != std::string::npos);
+  CHECK(r.output.find("evaluating val 3/3 batches | ETA ") != std::string::npos);
+  CHECK(r.output.find("evaluated val in ") != std::string::npos);
+  // Evaluation time is reported apart from step time.
+  CHECK(test::logged(dir / "ws" / "metrics.jsonl", "train/eval_time").size() == 2);  // steps 15 and 30
+}

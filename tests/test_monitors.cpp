@@ -173,6 +173,9 @@ TEST_CASE("early_stopping ends the run at the evaluation that exhausts patience,
     CHECK(test::latest_step(ws) == 50);
     CHECK(contains(log, "checkpointing: the run ended early at step 50"));
     CHECK(saved_state(ws / "checkpoints" / "50", "hooks/early_stopping/").at("stopped") == "1");
+    // The summary says where the run ended, with its last evaluation.
+    CHECK(contains(log, "finished 'spec': 50/1000 steps in "));
+    CHECK(contains(log, ", val/loss 0.2500"));
   }
 
   // The same spec again: no step, exit 0, and it says why.

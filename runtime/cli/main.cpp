@@ -163,7 +163,14 @@ int main(int argc, char** argv) {
     if (*run) {
       tloop::install_signal_handlers();
       auto r = tloop::Run::prepare(run_options);
-      r->execute();
+      try {
+        r->execute();
+      } catch (const tloop::ExitRequested& e) {
+        if (e.code() != 0) throw;
+        // A hook ended the run early, successfully (early stopping): the
+        // summary says where it ended.
+        tloop::log::info(std::string("exiting: ") + e.what());
+      }
       std::cout << r->summary() << std::endl;
       tloop::log::debug(r->summary());  // into the log file; the terminal has it on stdout
     } else if (*validate) {

@@ -603,18 +603,23 @@ tloop_status load_state_dict(void* self, const tloop_context* c, const tloop_sta
   });
 }
 
+/// An array of metrics as the host passes it (read with its elements' struct_size).
+inline Metrics metrics_of(const tloop_metric* m, size_t n) {
+  Metrics metrics;
+  metrics.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    const tloop_metric& metric = *TLOOP_ARRAY_AT(tloop_metric, m, i);
+    metrics.emplace_back(metric.key, metric.value);
+  }
+  return metrics;
+}
+
 template <class T>
 struct HookAdapter {
   static tloop_status on_log(void* self, const tloop_context* c, const tloop_metric* m, size_t n) noexcept {
     return guarded(c, [&] {
       Context ctx(c);
-      Metrics metrics;
-      metrics.reserve(n);
-      for (size_t i = 0; i < n; ++i) {
-        const tloop_metric& metric = *TLOOP_ARRAY_AT(tloop_metric, m, i);
-        metrics.emplace_back(metric.key, metric.value);
-      }
-      static_cast<T*>(self)->on_log(ctx, metrics);
+      static_cast<T*>(self)->on_log(ctx, metrics_of(m, n));
     });
   }
   static tloop_status on_log_images(void* self, const tloop_context* c, const tloop_image* im, size_t n) noexcept {
@@ -665,13 +670,7 @@ struct HookAdapter {
                                  const tloop_metric* m, size_t n) noexcept {
     return guarded(c, [&] {
       Context ctx(c);
-      Metrics metrics;
-      metrics.reserve(n);
-      for (size_t i = 0; i < n; ++i) {
-        const tloop_metric& metric = *TLOOP_ARRAY_AT(tloop_metric, m, i);
-        metrics.emplace_back(metric.key, metric.value);
-      }
-      static_cast<T*>(self)->after_eval(ctx, eval_pass(p), metrics);
+      static_cast<T*>(self)->after_eval(ctx, eval_pass(p), metrics_of(m, n));
     });
   }
   static const void* get_extension(const char* id) noexcept {

@@ -19,6 +19,7 @@
 // the best is saved even off the interval, and <path>/best (written like
 // latest) names the best one. The best list is part of the hook's state, so
 // it survives pruning and a resume.
+#include "../common/monitored_metric.h"
 #include "checkpoint_reader.h"
 #include "durable_io.h"
 
@@ -245,13 +246,7 @@ class Checkpointing : public tloop::Hook {
         monitor_(o.get_string("monitor")),
         maximize_(o.get_string("mode") == "max"),
         keep_best_(o.get_int("keep_best")) {
-    if (!monitor_.empty()) {
-      const size_t slash = monitor_.rfind('/');
-      if (slash == std::string::npos || slash == 0 || slash + 1 == monitor_.size())
-        throw std::invalid_argument("monitor = \"" + monitor_ +
-                                    "\": expected a metric's full key, <prefix>/<name> (\"val/loss\")");
-      monitor_prefix_ = monitor_.substr(0, slash);
-    }
+    if (!monitor_.empty()) watched_.emplace(monitor_);
     for (int64_t s : o.get_int_list("keep_steps")) keep_steps_.insert(s);
     for (const auto& name : o.get_string_list("exit_signals")) {
       auto it = kSignals.find(name.rfind("SIG", 0) == 0 ? name : "SIG" + name);
@@ -322,15 +317,9 @@ class Checkpointing : public tloop::Hook {
   // The monitored metric's value of this step, kept until after_step (the
   // evaluation runs in after_step, before the hooks of the save phase).
   void after_eval(tloop::Context& ctx, const tloop::EvalPass& pass, const tloop::Metrics& metrics) override {
-    if (monitor_.empty() || pass.sanity || pass.predict || pass.prefix != monitor_prefix_) return;
-    const auto it = std::find_if(metrics.begin(), metrics.end(), [&](const auto& m) { return m.first == monitor_; });
-    if (it == metrics.end()) {
-      std::string logged;
-      for (const auto& [key, value] : metrics) logged += (logged.empty() ? "" : ", ") + key;
-      throw std::invalid_argument("monitor = \"" + monitor_ + "\": the evaluation of " + pass.prefix +
-                                  " logged no such metric (it logged: " + (logged.empty() ? "nothing" : logged) + ")");
-    }
-    observed_ = {ctx.step(), it->second};
+    const std::optional<double> value = watched_ ? watched_->value_in(pass, metrics) : std::nullopt;
+    if (!value) return;
+    observed_ = {ctx.step(), *value};
     received_ = true;
   }
 
@@ -361,7 +350,7 @@ class Checkpointing : public tloop::Hook {
     collect_finished_save(ctx, /*wait=*/true);
     if (!monitor_.empty() && trained_ && !received_)
       ctx.warn("checkpointing: monitor = \"" + monitor_ + "\" never had a value in this run (no evaluation of " +
-               monitor_prefix_ + " ran: is [eval] interval set, and does the task evaluate that split?); no best "
+               watched_->prefix() + " ran: is [eval] interval set, and does the task evaluate that split?); no best "
                "checkpoint was chosen");
   }
 
@@ -773,7 +762,8 @@ class Checkpointing : public tloop::Hook {
     std::string name;  // the checkpoint's directory name
     double value;
   };
-  std::string monitor_, monitor_prefix_;
+  std::string monitor_;
+  std::optional<tloop_hooks::MonitoredMetric> watched_;  // with a monitor
   bool maximize_;
   int64_t keep_best_;
   std::vector<Best> best_;                             // best first

@@ -9,6 +9,8 @@
 // run stops where an uninterrupted one would. A run that stopped early, run
 // again, does not train on: it exits 0 at once, unless trainer.max_steps was
 // raised or resume_stopped = true.
+#include "../common/monitored_metric.h"
+
 #include <tloop/sdk.hpp>
 
 #include <algorithm>
@@ -52,18 +54,12 @@ class EarlyStopping : public tloop::Hook {
   }
 
   EarlyStopping(tloop::Context&, const tloop::Options& o)
-      : monitor_(o.get_string("monitor")),
+      : watched_(o.get_string("monitor")),
         maximize_(o.get_string("mode") == "max"),
         patience_(o.get_int("patience")),
         min_delta_(o.get_double("min_delta")),
         check_finite_(o.get_bool("check_finite")),
-        resume_stopped_(o.get_bool("resume_stopped")) {
-    const size_t slash = monitor_.rfind('/');
-    if (slash == std::string::npos || slash == 0 || slash + 1 == monitor_.size())
-      throw std::invalid_argument("monitor = \"" + monitor_ +
-                                  "\": expected a metric's full key, <prefix>/<name> (\"val/loss\")");
-    prefix_ = monitor_.substr(0, slash);
-  }
+        resume_stopped_(o.get_bool("resume_stopped")) {}
 
   void before_train(tloop::Context& ctx) override {
     if (!stopped_) return;
@@ -85,19 +81,14 @@ class EarlyStopping : public tloop::Hook {
   }
 
   void after_eval(tloop::Context& ctx, const tloop::EvalPass& pass, const tloop::Metrics& metrics) override {
-    if (pass.sanity || pass.predict || pass.prefix != prefix_ || stopped_) return;
-    const auto it = std::find_if(metrics.begin(), metrics.end(), [&](const auto& m) { return m.first == monitor_; });
-    if (it == metrics.end()) {
-      std::string logged;
-      for (const auto& [key, value] : metrics) logged += (logged.empty() ? "" : ", ") + key;
-      throw std::invalid_argument("monitor = \"" + monitor_ + "\": the evaluation of " + pass.prefix +
-                                  " logged no such metric (it logged: " + (logged.empty() ? "nothing" : logged) + ")");
-    }
-    const double value = it->second;
+    if (stopped_) return;
+    const std::optional<double> observed = watched_.value_in(pass, metrics);
+    if (!observed) return;
+    const double value = *observed;
     const int64_t step = ctx.step();
     if (!std::isfinite(value)) {
       if (check_finite_) {
-        stop(ctx, monitor_ + " is " + format(value) + " at step " + std::to_string(step) + " (check_finite)");
+        stop(ctx, watched_.key() + " is " + format(value) + " at step " + std::to_string(step) + " (check_finite)");
         return;
       }
     } else if (!best_ || (maximize_ ? value > *best_ + min_delta_ : value < *best_ - min_delta_)) {
@@ -108,13 +99,13 @@ class EarlyStopping : public tloop::Hook {
     }
     // A non-finite value (with check_finite = false) never improves.
     if (++wait_ < patience_) return;
-    stop(ctx, monitor_ + " did not improve for " + std::to_string(wait_) + " evaluation" + (wait_ == 1 ? "" : "s") +
+    stop(ctx, watched_.key() + " did not improve for " + std::to_string(wait_) + " evaluation" + (wait_ == 1 ? "" : "s") +
                   (min_delta_ > 0 ? " by more than " + format(min_delta_) : std::string()) +
                   (best_ ? " (best " + format(*best_) + " at step " + std::to_string(best_step_) + ")" : std::string()));
   }
 
   void state_dict(tloop::Context&, tloop::StateWriter& out) override {
-    out.put("monitor", monitor_);
+    out.put("monitor", watched_.key());
     out.put("mode", std::string(maximize_ ? "max" : "min"));
     if (best_) out.put("best", *best_);  // only finite values: state.json holds them
     out.put("best_step", best_step_);
@@ -129,9 +120,9 @@ class EarlyStopping : public tloop::Hook {
     const std::optional<std::string> monitor = in.get_string("monitor");
     const std::string mode = in.get_string("mode").value_or("min");
     if (!monitor) return;  // no state of this hook in the checkpoint: start afresh
-    if (*monitor != monitor_ || mode != (maximize_ ? "max" : "min")) {
+    if (*monitor != watched_.key() || mode != (maximize_ ? "max" : "min")) {
       ctx.warn("early_stopping: the checkpoint watched " + *monitor + " (mode \"" + mode + "\"); this run watches " +
-               monitor_ + " (mode \"" + (maximize_ ? "max" : "min") + "\"): starting afresh");
+               watched_.key() + " (mode \"" + (maximize_ ? "max" : "min") + "\"): starting afresh");
       return;
     }
     best_ = in.get_double("best");
@@ -153,7 +144,7 @@ class EarlyStopping : public tloop::Hook {
     ctx.request_exit(0);
   }
 
-  std::string monitor_, prefix_;
+  tloop_hooks::MonitoredMetric watched_;
   bool maximize_;
   int64_t patience_;
   double min_delta_;
