@@ -44,18 +44,17 @@ done
 
 # Every built-in plugin is installed and found from the moved prefix.
 listed=$("$prefix/bin/tloop" plugins) || fail "tloop plugins: $listed"
-for p in progress logging ema cuda_max_memory image_files checkpointing tensorboard wandb regression_mlp digits_cnn; do
+for p in progress logging ema cuda_max_memory image_files checkpointing early_stopping tensorboard wandb regression_mlp digits_cnn; do
   grep -qE "^$p .*$prefix/lib[^ ]*/tloop/plugins/$p\.so" <<<"$listed" || fail "plugin $p not found in the moved prefix: $listed"
 done
 
-# The default spec, plus checkpointing: every built-in hook.
+# The default spec: the built-in hooks, checkpointing with its best checkpoint among them.
 spec="$work/default.toml"
 cp "$src/configs/default.toml" "$spec"
-printf '\n[[hooks]]\nplugin = "checkpointing"\ninterval = 300\n' >>"$spec"
 ws="$work/ws"
 out=$(cd "$work" && "$prefix/bin/tloop" run "$spec" --set "run.workspace=\"$ws\"" 2>&1) || { echo "$out"; fail "tloop run"; }
 grep -q "finished 'digits': 600/600 steps" <<<"$out" || { echo "$out"; fail "the default spec did not finish"; }
-for f in checkpoints/600/model.pt ema_model.pt metrics.jsonl wandb/latest-run; do
+for f in checkpoints/600/model.pt checkpoints/best ema_model.pt metrics.jsonl wandb/latest-run; do
   [[ -e "$ws/$f" ]] || fail "the run wrote no $f"
 done
 ls "$ws"/tb/events.out.tfevents.* >/dev/null || fail "no TensorBoard events"
