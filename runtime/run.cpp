@@ -180,6 +180,15 @@ void Run::create_plugins() {
   check_eval_spec();
 }
 
+namespace {
+// "<label> has no split 'vla'; did you mean 'val'? (splits: val, test)"
+std::string no_such_split(const std::string& label, const std::string& name, const std::vector<std::string>& splits) {
+  std::string msg = label + " has no split '" + name + "'";
+  if (const std::string s = closest_match(name, splits); !s.empty()) msg += "; did you mean '" + s + "'?";
+  return msg + " (splits: " + join(splits, ", ") + ")";
+}
+}  // namespace
+
 void Run::check_eval_spec() const {
   const toml::table& ev = *spec_.resolved["eval"].as_table();
   const auto at = [&](const toml::node* n) { return where(n ? n->source() : ev.source(), spec_.file); };
@@ -196,9 +205,7 @@ void Run::check_eval_spec() const {
   for (size_t i = 0; listed && i < listed->size(); ++i) {
     const std::string name = listed->get(i)->value_or<std::string>("");
     if (std::find(splits.begin(), splits.end(), name) != splits.end()) continue;
-    std::string msg = str(at(listed->get(i)), ": eval.splits: ", task_->label(), " has no split '", name, "'");
-    if (const std::string s = closest_match(name, splits); !s.empty()) msg += "; did you mean '" + s + "'?";
-    problems.push_back(msg + " (splits: " + join(splits, ", ") + ")");
+    problems.push_back(str(at(listed->get(i)), ": eval.splits: ", no_such_split(task_->label(), name, splits)));
   }
   if (!problems.empty()) throw SpecError(problems);
 }
@@ -306,11 +313,8 @@ Metrics Run::evaluate_checkpoint(const std::string& checkpoint, std::vector<std:
     throw std::invalid_argument(task_->label() + " declares no evaluation splits (tloop.eval/1): nothing to evaluate");
   if (splits.empty()) splits = evaluator_->training_splits();
   for (const auto& split : splits)
-    if (std::find(known.begin(), known.end(), split) == known.end()) {
-      std::string msg = "--split: " + task_->label() + " has no split '" + split + "'";
-      if (const std::string s = closest_match(split, known); !s.empty()) msg += "; did you mean '" + s + "'?";
-      throw std::invalid_argument(msg + " (splits: " + join(known, ", ") + ")");
-    }
+    if (std::find(known.begin(), known.end(), split) == known.end())
+      throw std::invalid_argument("--split: " + no_such_split(task_->label(), split, known));
   log::info(str(predict ? "predicting" : "evaluating", " the checkpoint of step ", host_->step(), " on ",
                 join(splits, ", ")));
   if (!predict) return evaluator_->evaluate(splits, Evaluator::Mode::kStandalone);
