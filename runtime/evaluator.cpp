@@ -284,7 +284,8 @@ Metrics Evaluator::pass(const std::string& split, const std::string& variant, Mo
     for (const auto& [key, v] : host_.micro_records()) add_record(key, v);
     for (const auto& [name, t] : host_.named_losses()) add_record(TLOOP_INFO_LOSS_TERM + name, t);
     if (predictions)
-      for (const auto& [name, t] : outputs) {
+      for (const auto& [output, t] : outputs) {
+        const std::string& name = output;  // a lambda cannot capture a structured binding before C++20
         auto it = std::find_if(predictions->begin(), predictions->end(), [&](const auto& p) { return p.first == name; });
         if (it == predictions->end()) it = predictions->insert(predictions->end(), {name, {}});
         it->second.push_back(t.detach().to(at::kCPU));

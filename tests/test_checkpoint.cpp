@@ -345,7 +345,8 @@ TEST_CASE("exit_code is a number from 0 to 255 or the string \"128+signal\", exi
            {"exit_signals = [\"SIGTERM\", \"SIGUSR2\"]",
             "hooks[1].exit_signals[1]: must be one of SIGTERM, SIGUSR1, SIGINT, SIGHUP, TERM, USR1, INT, HUP, got "
             "\"SIGUSR2\"; did you mean 'SIGUSR1'?"}}) {
-    INFO(line);
+    const std::string& option = line;  // INFO's lambda cannot capture a structured binding before C++20
+    INFO(option);
     test::write_file(dir / "spec.toml", regression_spec(ws, 2, line + "\n"));
     const auto r = test::run_command(test::cli() + " validate " + (dir / "spec.toml").string());
     CHECK(r.exit_code == 2);

@@ -100,7 +100,8 @@ bool all_finite(const std::vector<double>& v) {
 void check_params_on_cuda(tloop::Run& run) {
   REQUIRE(!run.host().parameters().empty());
   for (const auto& [name, p] : run.host().parameters()) {
-    INFO(name);
+    const std::string& param = name;  // INFO's lambda cannot capture a structured binding before C++20
+    INFO(param);
     CHECK(p.is_cuda());
     CHECK(std::string(c10::toString(p.scalar_type())) == "Float");  // autocast keeps float32 master weights
   }
@@ -278,12 +279,14 @@ TEST_CASE("cuda: a run SIGKILLed after checkpoints resumes the CUDA RNG to bit-i
   test::write_file(dir / "forever.toml", spec(ws, 100000000));
 
   // Life 1: killed after a checkpoint >= 50 and at least one step after it.
-  auto [ckpt1, logged1] = kill_after_progress(test::spawn(dir / "forever.toml", log), ws, log, 50);
+  const auto life1 = kill_after_progress(test::spawn(dir / "forever.toml", log), ws, log, 50);
+  const int64_t ckpt1 = life1.first, logged1 = life1.second;  // INFO cannot capture a structured binding before C++20
   INFO("life 1: checkpoint ", ckpt1, ", last logged step ", logged1);
   REQUIRE(ckpt1 >= 50);
   REQUIRE(logged1 > ckpt1);
   // Life 2: resumes, saves at least one more checkpoint, and is killed again.
-  auto [ckpt2, logged2] = kill_after_progress(test::spawn(dir / "forever.toml", log), ws, log, ckpt1 + 25);
+  const auto life2 = kill_after_progress(test::spawn(dir / "forever.toml", log), ws, log, ckpt1 + 25);
+  const int64_t ckpt2 = life2.first, logged2 = life2.second;  // INFO cannot capture a structured binding before C++20
   INFO("life 2: checkpoint ", ckpt2, ", last logged step ", logged2);
   REQUIRE(ckpt2 > ckpt1);
   REQUIRE(logged2 > ckpt2);
@@ -439,7 +442,8 @@ TEST_CASE("cuda: ema on the GPU equals the closed form") {
     }
   }
   for (const auto& [name, expected] : closed) {
-    INFO(name);
+    const std::string& param = name;  // INFO's lambda cannot capture a structured binding before C++20
+    INFO(param);
     const at::Tensor t = std::get<at::Tensor>(avg_state.at("hooks/ema/ema_model/" + name));
     CHECK(t.is_cuda());
     const at::Tensor v = t.detach().to(at::kCPU, at::kDouble).contiguous().view({-1});

@@ -74,7 +74,8 @@ TEST_CASE("split metrics are sums over samples, so a task's batch-mean record eq
              mae = test::logged(metrics, "val/mae");
   REQUIRE(mse.size() == 3);
   for (const auto& [step, v] : mse) {
-    INFO("step ", step);
+    const auto at = step;  // INFO's lambda cannot capture a structured binding before C++20
+    INFO("step ", at);
     CHECK(loss.at(step)[0] == doctest::Approx(v[0]).epsilon(1e-6));  // float32 batch means vs a float64 sum
     CHECK(mae.at(step)[0] > 0.0);
     CHECK(mae.at(step)[0] * mae.at(step)[0] <= v[0] * (1 + 1e-12));  // mean |d|^2 <= mean d^2

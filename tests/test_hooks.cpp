@@ -112,7 +112,7 @@ TEST_CASE("logging's aggregates equal hand-computed means and log the learning r
   const std::vector<std::pair<int, int>> intervals = {{1, 3}, {4, 6}, {7, 7}};
   for (size_t r = 0; r < rows.size(); ++r) {
     const auto [first, last] = intervals[r];
-    INFO("interval ending at step ", last);
+    INFO("interval ending at step ", intervals[r].second);
     CHECK(rows[r]["step"] == last);
     // data_time: each step's total over its fetches, averaged over steps (trainloop's definition).
     double data_time = 0;
@@ -150,7 +150,8 @@ TEST_CASE("a record reported on some steps only is the mean over those steps, ab
   for (const auto& [interval, expected] : std::vector<std::pair<int, std::map<int64_t, double>>>{
            {2, {{4, 3.0}, {6, 6.0}, {9, 9.0}}},  // rows at 2, 4, 6, 8, 9
            {6, {{6, 4.5}, {9, 9.0}}}}) {         // rows at 6 and 9
-    INFO("logging interval ", interval);
+    const int every = interval;  // INFO's lambda cannot capture a structured binding before C++20
+    INFO("logging interval ", every);
     TempDir dir;
     test::train(dir, kTestPlugins + "[trainer]\nmax_steps = 9\n[task]\nplugin = \"scripted_task\"\nrecord_every = 3\n"
                                     "[optimizer]\ntype = \"sgd\"\n[[hooks]]\nplugin = \"logging\"\ninterval = " +
@@ -175,7 +176,8 @@ TEST_CASE("no option makes a hook write outside the workspace") {
            {"ema", "file = \"../../x.pt\"", "file = \"../../x.pt\" leaves the workspace ('..')"},
            {"ema", "file = \"a/" + std::string(256, 'n') + ".pt\"", "has a name longer than 255 bytes"},
            {"ema", "file = \"x\\u0000.pt\"", "hooks[0].file: contains a NUL character"}}) {
-    INFO(hook, " ", line);
+    const std::string what = hook + " " + line;  // INFO's lambda cannot capture a structured binding before C++20
+    INFO(what);
     test::write_file(dir / "spec.toml", "[run]\nworkspace = \"" + (dir / "ws").string() + "\"\n" +
                                             linear_spec(2, "[[hooks]]\nplugin = \"" + hook + "\"\n" + line + "\n"));
     const auto r = test::run_command(test::cli() + " run " + (dir / "spec.toml").string());

@@ -252,7 +252,7 @@ TEST_CASE("bf16 and fp16 autocast train on CPU, and fp16 goes through the grad s
 }
 
 TEST_CASE("the grad scaler scales a float16 loss in float32, as torch.amp.GradScaler does") {
-  tloop::GradScaler scaler(c10::Device(c10::kCPU));
+  tloop::GradScaler scaler{c10::Device(c10::kCPU)};
   const at::Tensor scaled = scaler.scale(at::ones({}, at::kHalf));
   CHECK((scaled.scalar_type() == at::kFloat));
   CHECK(scaled.item<double>() == 65536.0);  // in float16, 65536 is infinite

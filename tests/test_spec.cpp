@@ -95,7 +95,8 @@ TEST_CASE("validate finds what would fail later: nesterov without momentum, a wo
            {(dir / "a_file" / "ws").string(),
             "run.workspace: \"" + (dir / "a_file").string() + "\" is a file, so \"" + (dir / "a_file" / "ws").string() +
                 "\" cannot be created"}}) {
-    INFO(workspace);
+    const std::string& ws_option = workspace;  // INFO's lambda cannot capture a structured binding before C++20
+    INFO(ws_option);
     test::write_file(dir / "ws.toml", "[run]\nworkspace = \"" + workspace + "\"\n[trainer]\nmax_steps = 5\n" + kTask);
     for (const char* command : {" validate ", " run "}) {
       const auto r = test::run_command(test::cli() + command + (dir / "ws.toml").string());
