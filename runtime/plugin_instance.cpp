@@ -3,6 +3,7 @@
 #include "plugin_instance.h"
 
 #include "log.h"
+#include "spec_detail.h"
 #include "text.h"
 
 #include <ATen/record_function.h>
@@ -39,12 +40,34 @@ ProfilerRange::ProfilerRange(const std::string& label, const char* event) {
 }
 ProfilerRange::~ProfilerRange() = default;  // ends the range
 
+namespace {
+
+// Where in the spec an error of create points: a message that starts with
+// one of the options the spec sets ("dir = ...", "keep_best: ...") is about
+// that option, so it gets the option's "file:line:column: " (as the schema's
+// own errors have); "" for any other message.
+std::string option_location(const toml::table& options, const std::string& message) {
+  for (const auto& [key, node] : options) {
+    const std::string_view k = key.str();
+    if (message.size() <= k.size() || message.compare(0, k.size(), k) != 0) continue;
+    const char next = message[k.size()];
+    if (next != ' ' && next != ':' && next != '[') continue;
+    const toml::source_region& at = key.source().begin.line > 0 ? key.source() : node.source();
+    if (at.path && (at.begin.line > 0 || at.path->rfind("--set ", 0) == 0)) return where(at, *at.path) + ": ";
+  }
+  return "";
+}
+
+}  // namespace
+
 PluginInstance::PluginInstance(const LoadedPlugin& plugin, Host& host, const toml::table& options, std::string label)
     : plugin_(plugin), host_(host), label_(std::move(label)) {
   tloop_options opts{&options};
   auto create = plugin.kind == TLOOP_KIND_HOOK ? plugin.descriptor->hook->create : plugin.descriptor->task->create;
-  if (create(host.context(), &opts, &self_) != TLOOP_OK || self_ == nullptr)
-    throw PluginCreateError(label_ + " could not be created: " + host.take_error());
+  if (create(host.context(), &opts, &self_) != TLOOP_OK || self_ == nullptr) {
+    const std::string error = host.take_error();
+    throw PluginCreateError(option_location(options, error) + label_ + " could not be created: " + error);
+  }
 }
 
 PluginInstance::~PluginInstance() {
