@@ -7,6 +7,7 @@
 
 #include <csignal>
 #include <set>
+#include <tuple>
 
 using test::TempDir;
 namespace fs = std::filesystem;
@@ -237,7 +238,7 @@ TEST_CASE("early_stopping killed between evaluations and resumed stops at the st
   CHECK(test::latest_step(ws) == 50);
 }
 
-TEST_CASE("early_stopping with check_finite stops at a NaN value, and min_delta asks for a margin") {
+TEST_CASE("early_stopping stops at a NaN value (check_finite), past stopping_threshold or divergence_threshold, and min_delta asks for a margin") {
   {
     TempDir dir;
     test::write_file(dir / "spec.toml",
@@ -263,6 +264,25 @@ TEST_CASE("early_stopping with check_finite stops at a NaN value, and min_delta 
                              "at step 10); stopping at step 30"));
     CHECK(test::last_logged_step(dir / "ws" / "metrics.jsonl") == 30);
   }
+  // Lightning's thresholds compare strictly: 0.2 is not below 0.2, nor 1.0 above 1.0.
+  for (const auto& c : std::vector<std::tuple<std::string, std::vector<std::string>, std::string, int64_t>>{
+           {"stopping_threshold = 0.2", {"0.5", "0.25", "0.2", "0.1"},
+            "early_stopping: val/loss = 0.1 at step 40 is better than stopping_threshold 0.2; stopping at step 40", 40},
+           {"divergence_threshold = 1.0", {"0.5", "1.0", "1.5"},
+            "early_stopping: val/loss = 1.5 at step 30 is worse than divergence_threshold 1; stopping at step 30", 30},
+           {"mode = \"max\"\nstopping_threshold = 0.0", {"-0.5", "0", "0.25"},
+            "early_stopping: val/loss = 0.25 at step 30 is better than stopping_threshold 0; stopping at step 30", 30}}) {
+    INFO(std::get<0>(c));
+    TempDir dir;
+    test::write_file(dir / "spec.toml", spec(dir / "ws", 1000, 10, std::get<1>(c),
+                                             "[[hooks]]\nplugin = \"early_stopping\"\nmonitor = \"val/loss\"\n"
+                                             "patience = 5\n" + std::get<0>(c) + "\n"));
+    const auto r = test::run_command(test::cli() + " run " + (dir / "spec.toml").string());
+    INFO(r.output);
+    CHECK(r.exit_code == 0);
+    CHECK(contains(r.output, std::get<2>(c)));
+    CHECK(test::last_logged_step(dir / "ws" / "metrics.jsonl") == std::get<3>(c));
+  }
 }
 
 TEST_CASE("a monitor the evaluation does not log is bad input naming the key and what was logged") {
@@ -287,6 +307,34 @@ TEST_CASE("a monitor the evaluation does not log is bad input naming the key and
     INFO(r.output);
     CHECK(r.exit_code == 2);
     CHECK(contains(r.output, "monitor = \"loss\": expected a metric's full key, <prefix>/<name> (\"val/loss\")"));
+  }
+}
+
+TEST_CASE("a misspelt monitor fails at the sanity pass, before the first step, and a misspelt prefix at the first evaluation") {
+  for (const std::string plugin : {"early_stopping", "checkpointing"}) {
+    for (const auto& c : std::vector<std::pair<std::string, std::string>>{
+             {"val/accuracy", "monitor = \"val/accuracy\": the evaluation of val logged no such metric (it logged: val/loss)"},
+             {"vall/loss", "monitor = \"vall/loss\": no evaluation logs under vall/ (this run's evaluations log under val/)"}}) {
+      for (const bool sanity : {true, false}) {
+        const std::string what = plugin + " " + c.first + (sanity ? " with" : " without") + " a sanity pass";
+        INFO(what);
+        TempDir dir;
+        const std::string hook = "[[hooks]]\nplugin = \"" + plugin + "\"\nmonitor = \"" + c.first + "\"\n";
+        test::write_file(dir / "spec.toml", spec(dir / "ws", 100, 10, {"0.5"}, hook));
+        const auto r = test::run_command(test::cli() + " run " + (dir / "spec.toml").string() +
+                                         (sanity ? " --set eval.sanity_batches=1" : ""));
+        INFO(r.output);
+        CHECK(r.exit_code == 2);
+        CHECK(contains(r.output, c.second));
+        const fs::path metrics = dir / "ws" / "metrics.jsonl";
+        if (sanity)  // the sanity pass runs before step 1; the prefix is checked in step 1's after_step
+          CHECK((!fs::exists(metrics) || test::last_logged_step(metrics) <= 1));
+        else {  // stopped at the first evaluation, step 10 (logged when the save phase's checkpointing stops it)
+          CHECK(test::last_logged_step(metrics) >= 9);
+          CHECK(test::last_logged_step(metrics) <= 10);
+        }
+      }
+    }
   }
 }
 

@@ -202,9 +202,9 @@ class Checkpointing : public tloop::Hook {
                               "interval), and <path>/best names the best (\"\": none)"),
                 tloop::option("mode", "min", "whether lower (\"min\") or higher (\"max\") values of monitor are better")
                     .one_of({"min", "max"}),
-                tloop::option("keep_best", 1,
-                              "checkpoints kept for the best values of monitor (only with monitor); one that leaves "
-                              "them is pruned like a regular one; a NaN or infinite value never enters")
+                tloop::optional("keep_best", TLOOP_TYPE_INT,
+                                "checkpoints kept for the best values of monitor (with monitor; default 1); one that "
+                                "leaves them is pruned like a regular one; a NaN or infinite value never enters")
                     .at_least(0),
                 tloop::option("exit_signals", {"SIGTERM", "SIGUSR1"},
                               "signals that save a checkpoint and exit (what schedulers send before a kill; "
@@ -245,8 +245,11 @@ class Checkpointing : public tloop::Hook {
         save_on_error_(o.get_bool("save_on_error")),
         monitor_(o.get_string("monitor")),
         maximize_(o.get_string("mode") == "max"),
-        keep_best_(o.get_int("keep_best")) {
+        keep_best_(o.has("keep_best") ? o.get_int("keep_best") : 1) {
     if (!monitor_.empty()) watched_.emplace(monitor_);
+    if (monitor_.empty() && o.has("keep_best"))
+      throw std::invalid_argument("keep_best = " + std::to_string(keep_best_) +
+                                  " needs monitor, the metric that ranks the checkpoints (\"val/loss\")");
     for (int64_t s : o.get_int_list("keep_steps")) keep_steps_.insert(s);
     for (const auto& name : o.get_string_list("exit_signals")) {
       auto it = kSignals.find(name.rfind("SIG", 0) == 0 ? name : "SIG" + name);
@@ -325,6 +328,7 @@ class Checkpointing : public tloop::Hook {
 
   void after_step(tloop::Context& ctx) override {
     collect_finished_save(ctx, /*wait=*/false);
+    if (watched_) watched_->check_prefix();
     trained_ = true;
     const int64_t step = ctx.step();
     const int sig = ctx.pending_signal();

@@ -9,6 +9,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace tloop_hooks {
 
@@ -27,19 +28,41 @@ class MonitoredMetric {
   /// The metric's value in an evaluation pass's metrics, or std::nullopt for
   /// a pass that does not give it: the sanity pass, a prediction, another
   /// split or variant. Throws std::invalid_argument, naming what the pass
-  /// logged, when the metric's own pass lacks it (a misspelt monitor).
-  std::optional<double> value_in(const tloop::EvalPass& pass, const tloop::Metrics& metrics) const {
-    if (pass.sanity || pass.predict || pass.prefix != prefix_) return std::nullopt;
+  /// logged, when the metric's own pass lacks it (a misspelt monitor): the
+  /// sanity pass checks this too, so the error comes before the first step.
+  std::optional<double> value_in(const tloop::EvalPass& pass, const tloop::Metrics& metrics) {
+    if (pass.predict) return std::nullopt;
+    if (pass.prefix != prefix_) {
+      if (std::find(others_.begin(), others_.end(), pass.prefix) == others_.end()) others_.push_back(pass.prefix);
+      return std::nullopt;
+    }
+    seen_ = true;
     const auto it = std::find_if(metrics.begin(), metrics.end(), [&](const auto& m) { return m.first == key_; });
-    if (it != metrics.end()) return it->second;
+    if (it == metrics.end()) {
+      std::string logged;
+      for (const auto& [key, value] : metrics) logged += (logged.empty() ? "" : ", ") + key;
+      throw std::invalid_argument("monitor = \"" + key_ + "\": the evaluation of " + pass.prefix +
+                                  " logged no such metric (it logged: " + (logged.empty() ? "nothing" : logged) + ")");
+    }
+    if (pass.sanity) return std::nullopt;
+    return it->second;
+  }
+
+  /// Called in after_step, once the step's evaluations (or the sanity pass)
+  /// ran: throws std::invalid_argument when passes ran and none logs under
+  /// the metric's prefix (a misspelt "vall/loss"), naming the prefixes that do.
+  void check_prefix() {
+    if (seen_ || others_.empty()) return;
     std::string logged;
-    for (const auto& [key, value] : metrics) logged += (logged.empty() ? "" : ", ") + key;
-    throw std::invalid_argument("monitor = \"" + key_ + "\": the evaluation of " + pass.prefix +
-                                " logged no such metric (it logged: " + (logged.empty() ? "nothing" : logged) + ")");
+    for (const auto& p : others_) logged += (logged.empty() ? "" : ", ") + p + "/";
+    throw std::invalid_argument("monitor = \"" + key_ + "\": no evaluation logs under " + prefix_ +
+                                "/ (this run's evaluations log under " + logged + ")");
   }
 
  private:
   std::string key_, prefix_;
+  bool seen_ = false;               // a pass under prefix_ ran
+  std::vector<std::string> others_;  // the prefixes of the other passes that ran
 };
 
 }  // namespace tloop_hooks

@@ -47,6 +47,10 @@ class EarlyStopping : public tloop::Hook {
                 tloop::option("min_delta", 0.0, "how much better than the best a value must be to count as improved")
                     .at_least(0),
                 tloop::option("check_finite", true, "stop at once when the value is NaN or infinite"),
+                tloop::optional("stopping_threshold", TLOOP_TYPE_DOUBLE,
+                                "stop at once when the value is better than this (a target reached; unset: never)"),
+                tloop::optional("divergence_threshold", TLOOP_TYPE_DOUBLE,
+                                "stop at once when the value is worse than this (the run diverged; unset: never)"),
                 tloop::option("resume_stopped", false,
                               "a run that stopped early, run again, trains on (and may stop again) instead of "
                               "exiting at once; raising trainer.max_steps does the same"),
@@ -59,7 +63,10 @@ class EarlyStopping : public tloop::Hook {
         patience_(o.get_int("patience")),
         min_delta_(o.get_double("min_delta")),
         check_finite_(o.get_bool("check_finite")),
-        resume_stopped_(o.get_bool("resume_stopped")) {}
+        resume_stopped_(o.get_bool("resume_stopped")) {
+    if (o.has("stopping_threshold")) stopping_threshold_ = o.get_double("stopping_threshold");
+    if (o.has("divergence_threshold")) divergence_threshold_ = o.get_double("divergence_threshold");
+  }
 
   void before_train(tloop::Context& ctx) override {
     if (!stopped_) return;
@@ -80,17 +87,30 @@ class EarlyStopping : public tloop::Hook {
     wait_ = 0;
   }
 
+  void after_step(tloop::Context&) override { watched_.check_prefix(); }
+
   void after_eval(tloop::Context& ctx, const tloop::EvalPass& pass, const tloop::Metrics& metrics) override {
     if (stopped_) return;
     const std::optional<double> observed = watched_.value_in(pass, metrics);
     if (!observed) return;
     const double value = *observed;
     const int64_t step = ctx.step();
+    // Lightning's order: check_finite, stopping_threshold, divergence_threshold
+    // (each a strict comparison), then patience.
+    const auto better = [&](double a, double b) { return maximize_ ? a > b : a < b; };
     if (!std::isfinite(value)) {
       if (check_finite_) {
         stop(ctx, watched_.key() + " is " + format(value) + " at step " + std::to_string(step) + " (check_finite)");
         return;
       }
+    } else if (stopping_threshold_ && better(value, *stopping_threshold_)) {
+      stop(ctx, watched_.key() + " = " + format(value) + " at step " + std::to_string(step) +
+                    " is better than stopping_threshold " + format(*stopping_threshold_));
+      return;
+    } else if (divergence_threshold_ && better(*divergence_threshold_, value)) {
+      stop(ctx, watched_.key() + " = " + format(value) + " at step " + std::to_string(step) +
+                    " is worse than divergence_threshold " + format(*divergence_threshold_));
+      return;
     } else if (!best_ || (maximize_ ? value > *best_ + min_delta_ : value < *best_ - min_delta_)) {
       best_ = value;
       best_step_ = step;
@@ -149,6 +169,7 @@ class EarlyStopping : public tloop::Hook {
   int64_t patience_;
   double min_delta_;
   bool check_finite_, resume_stopped_;
+  std::optional<double> stopping_threshold_, divergence_threshold_;
 
   std::optional<double> best_;
   int64_t best_step_ = 0;
