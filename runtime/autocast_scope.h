@@ -6,8 +6,16 @@
 #include <c10/core/ScalarType.h>
 
 #include <optional>
+#include <string>
 
 namespace tloop {
+
+/// The autocast dtype of trainer.mixed_precision ("bf16", "fp16"; absent, "": none).
+inline std::optional<c10::ScalarType> autocast_dtype(const std::string& mixed_precision) {
+  if (mixed_precision == "bf16") return c10::kBFloat16;
+  if (mixed_precision == "fp16") return c10::kHalf;
+  return std::nullopt;
+}
 
 /// Autocast on `device` with `dtype` while alive (none: leaves it off),
 /// restored on exit, also on exceptions.

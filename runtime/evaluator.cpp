@@ -2,24 +2,19 @@
 
 #include "autocast_scope.h"
 #include "log.h"
+#include "rng_state.h"
 #include "text.h"
 
 #include <tloop/keys.h>
 
-#include <ATen/CPUGeneratorImpl.h>
-#include <ATen/Context.h>
 #include <ATen/TensorOperators.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/ops/cat.h>
-#include <ATen/ops/stack.h>
 
 #include <algorithm>
 #include <chrono>
-#include <cmath>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <mutex>
 #include <regex>
 #include <stdexcept>
 
@@ -34,32 +29,19 @@ double seconds_since(Clock::time_point t0) { return std::chrono::duration<double
 // eval_forward included, leaves the training's random streams as they were.
 class RngGuard {
  public:
-  explicit RngGuard(c10::Device device) : cpu_(at::detail::getDefaultCPUGenerator()), cpu_state_(state(cpu_)) {
-    if (device.is_cuda()) {
-      cuda_ = at::globalContext().defaultGenerator(device);
-      cuda_state_ = state(*cuda_);
-    }
+  explicit RngGuard(c10::Device device) : gens_(device), cpu_state_(rng_state(gens_.cpu)) {
+    if (gens_.cuda) cuda_state_ = rng_state(*gens_.cuda);
   }
   ~RngGuard() {
-    restore(cpu_, cpu_state_);
-    if (cuda_) restore(*cuda_, cuda_state_);
+    set_rng_state(gens_.cpu, cpu_state_);
+    if (gens_.cuda) set_rng_state(*gens_.cuda, cuda_state_);
   }
   RngGuard(const RngGuard&) = delete;
   RngGuard& operator=(const RngGuard&) = delete;
 
  private:
-  static at::Tensor state(at::Generator& gen) {
-    std::lock_guard<std::mutex> lock(gen.mutex());
-    return gen.get_state();
-  }
-  static void restore(at::Generator& gen, const at::Tensor& s) {
-    std::lock_guard<std::mutex> lock(gen.mutex());
-    gen.set_state(s);
-  }
-  at::Generator cpu_;
-  at::Tensor cpu_state_;
-  std::optional<at::Generator> cuda_;
-  at::Tensor cuda_state_;
+  RunGenerators gens_;
+  at::Tensor cpu_state_, cuda_state_;
 };
 
 // A pass's running sums: device tensors (one copy to the host at the end of
@@ -121,6 +103,12 @@ void MetricTotals::merge(const MetricTotals& other) {
     sums[i] += other.sums[i];
     counts[i] += other.counts[i];
   }
+}
+
+std::string metrics_text(const Metrics& metrics) {
+  std::vector<std::string> parts;
+  for (const auto& [k, v] : metrics) parts.push_back(str(k, " ", v));
+  return join(parts, ", ");
 }
 
 Metrics MetricTotals::values(const std::string& prefix) const {
@@ -300,14 +288,8 @@ Metrics Evaluator::pass(const std::string& split, const std::string& variant, Mo
   task_.set_training(true);
 
   Metrics values = sums.read().values(prefix);
-  if (!sanity && !predict) {
-    std::vector<std::string> parts;
-    for (const auto& [k, v] : values) parts.push_back(str(k, " ", v));
-    log::info(str("step ", host_.step(), ": ", join(parts, ", "), " (", batch, " batches)"));
-  }
-  std::vector<tloop_metric> raw;
-  raw.reserve(values.size());
-  for (const auto& [k, v] : values) raw.push_back({sizeof(tloop_metric), k.c_str(), v});
+  if (!sanity && !predict) log::info(str("step ", host_.step(), ": ", metrics_text(values), " (", batch, " batches)"));
+  const std::vector<tloop_metric> raw = abi_metrics(values);
   for (HookInstance* hook : hooks_) hook->after_eval(info, raw.data(), raw.size());
   return values;
 }

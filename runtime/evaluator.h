@@ -70,6 +70,9 @@ class Evaluator {
   double last_seconds_ = 0.0;
 };
 
+/// "val/loss 0.25, val/accuracy 0.9", as the log shows an evaluation's metrics.
+std::string metrics_text(const Metrics& metrics);
+
 /// Writes `tensor` as a NumPy .npy file (format 1.0), atomically.
 void write_npy(const std::string& path, const at::Tensor& tensor);
 

@@ -43,13 +43,18 @@ void Host::dispatch(Call call) {
   }
 }
 
+std::vector<tloop_metric> abi_metrics(const Metrics& metrics) {
+  std::vector<tloop_metric> raw;
+  raw.reserve(metrics.size());
+  for (const auto& [k, v] : metrics) raw.push_back({sizeof(tloop_metric), k.c_str(), v});
+  return raw;
+}
+
 void Host::log_metrics(const Metrics& metrics) {
   if (dispatching_) throw std::logic_error("log called from inside on_log or on_log_images");
   for (const auto& sink : sinks_) sink(step_, metrics);
   if (!hooks_) return;
-  std::vector<tloop_metric> raw_metrics;
-  raw_metrics.reserve(metrics.size());
-  for (const auto& [k, v] : metrics) raw_metrics.push_back({sizeof(tloop_metric), k.c_str(), v});
+  const std::vector<tloop_metric> raw_metrics = abi_metrics(metrics);
   dispatch([&](HookInstance& hook) { hook.on_log(raw_metrics.data(), raw_metrics.size()); });
 }
 

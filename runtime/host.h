@@ -73,6 +73,9 @@ class ParamGroups {
 };
 
 using Metrics = std::vector<std::pair<std::string, double>>;
+/// The ABI's view of `metrics` for on_log and after_eval: its names point
+/// into `metrics`, which must outlive it.
+std::vector<tloop_metric> abi_metrics(const Metrics& metrics);
 using StepInfo = std::map<std::string, std::vector<double>>;
 using MetricsSink = std::function<void(int64_t step, const Metrics&)>;
 

@@ -1,7 +1,9 @@
 #include "run.h"
 #include "spec_detail.h"
 
+#include "autocast_scope.h"
 #include "log.h"
+#include "rng_state.h"
 #include "text.h"
 
 #include <ATen/Context.h>
@@ -18,7 +20,6 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
-#include <mutex>
 
 #include <fcntl.h>
 #include <sys/file.h>
@@ -175,8 +176,7 @@ void Run::create_plugins() {
                                                     use.key_path + " (" + use.plugin + ")", use.state_key,
                                                     on_error_from(use.on_error)));
   }
-  evaluator_ = std::make_unique<Evaluator>(s.eval, *host_, *task_, hooks_, device_,
-                                           TrainerConfig::from(s, device_).autocast_dtype);
+  evaluator_ = std::make_unique<Evaluator>(s.eval, *host_, *task_, hooks_, device_, autocast_dtype(s.mixed_precision));
   check_eval_spec();
 }
 
@@ -402,12 +402,9 @@ StateDict Run::run_state() const {
     state[TLOOP_STATE_GRAD_SCALER_SCALE] = scaler->scale_tensor();
     state[TLOOP_STATE_GRAD_SCALER_GROWTH] = scaler->growth_tracker();
   }
-  const auto rng_state = [](at::Generator gen) {
-    std::lock_guard<std::mutex> lock(gen.mutex());
-    return gen.get_state();
-  };
-  state[TLOOP_STATE_RNG_CPU] = rng_state(at::detail::getDefaultCPUGenerator());
-  if (device_.is_cuda()) state[TLOOP_STATE_RNG_CUDA] = rng_state(at::globalContext().defaultGenerator(device_));
+  const RunGenerators gens(device_);
+  state[TLOOP_STATE_RNG_CPU] = rng_state(gens.cpu);
+  if (gens.cuda) state[TLOOP_STATE_RNG_CUDA] = rng_state(*gens.cuda);
   state[TLOOP_STATE_META_SPEC] = host_->info().resolved_spec;
   std::string plugins = task_->plugin().name + " " + task_->plugin().version;
   for (const auto& h : hooks_) plugins += "\n" + h->plugin().name + " " + h->plugin().version;
@@ -437,12 +434,9 @@ void Run::load_run_state(const StateDict& state) {
     scaler->scale_tensor().copy_(state_get<at::Tensor>(state, TLOOP_STATE_GRAD_SCALER_SCALE));
     scaler->growth_tracker().copy_(state_get<at::Tensor>(state, TLOOP_STATE_GRAD_SCALER_GROWTH));
   }
-  const auto restore = [&](at::Generator gen, const std::string& key) {  // a handle: copies share the generator
-    std::lock_guard<std::mutex> lock(gen.mutex());
-    gen.set_state(state_get<at::Tensor>(state, key));
-  };
-  restore(at::detail::getDefaultCPUGenerator(), TLOOP_STATE_RNG_CPU);
-  if (device_.is_cuda() && state.count(TLOOP_STATE_RNG_CUDA)) restore(at::globalContext().defaultGenerator(device_), TLOOP_STATE_RNG_CUDA);
+  const RunGenerators gens(device_);
+  set_rng_state(gens.cpu, state_get<at::Tensor>(state, TLOOP_STATE_RNG_CPU));
+  if (gens.cuda && state.count(TLOOP_STATE_RNG_CUDA)) set_rng_state(*gens.cuda, state_get<at::Tensor>(state, TLOOP_STATE_RNG_CUDA));
   load_plugin_state(state);
 }
 

@@ -45,8 +45,7 @@ TrainerConfig TrainerConfig::from(const RunSpec& spec, c10::Device device) {
   c.max_steps = spec.max_steps;
   c.gradient_accumulation_steps = spec.gradient_accumulation_steps;
   c.grad_clip = spec.grad_clip;
-  if (spec.mixed_precision == "bf16") c.autocast_dtype = c10::kBFloat16;
-  if (spec.mixed_precision == "fp16") c.autocast_dtype = c10::kHalf;
+  c.autocast_dtype = tloop::autocast_dtype(spec.mixed_precision);
   c.max_non_finite_grad_retries = spec.max_non_finite_grad_retries;
   c.signal_grace = spec.signal_grace;
   c.scheduler = spec.scheduler;
@@ -138,9 +137,7 @@ void Trainer::run_steps() {
   // a broken evaluation fails now, not after hours of training.
   if (config_.eval.sanity_batches > 0 && !host_.exit_requested()) {
     const Metrics m = evaluator_->evaluate(evaluator_->training_splits(), Evaluator::Mode::kSanity);
-    std::vector<std::string> parts;
-    for (const auto& [k, v] : m) parts.push_back(str(k, " ", v));
-    log::info(str("sanity check passed (", config_.eval.sanity_batches, " batches per split): ", join(parts, ", ")));
+    log::info(str("sanity check passed (", config_.eval.sanity_batches, " batches per split): ", metrics_text(m)));
   }
   // The run has started: nothing refused it. Only now are the workspace's
   // spec.resolved.toml and metrics.jsonl written.
