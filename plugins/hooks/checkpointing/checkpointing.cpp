@@ -40,7 +40,6 @@
 #include <map>
 #include <regex>
 #include <set>
-#include <sstream>
 #include <thread>
 #include <variant>
 
@@ -694,16 +693,10 @@ class Checkpointing : public tloop::Hook {
       out = "; step " + std::to_string(best_.back().step) + " leaves them";
       best_.pop_back();
     }
-    ctx.info("checkpointing: " + monitor_ + " = " + format(value) + " at step " + std::to_string(step) +
+    ctx.info("checkpointing: " + monitor_ + " = " + tloop_hooks::format_value(value) + " at step " + std::to_string(step) +
              " is among the best " + std::to_string(keep_best_) + out + "; the best is step " +
-             std::to_string(best_.front().step) + " (" + format(best_.front().value) + ")");
+             std::to_string(best_.front().step) + " (" + tloop_hooks::format_value(best_.front().value) + ")");
     return true;
-  }
-
-  static std::string format(double v) {
-    std::ostringstream os;
-    os << v;
-    return os.str();
   }
 
   // Points <path>/best at the best checkpoint, once that is on disk (an

@@ -7,11 +7,19 @@
 
 #include <algorithm>
 #include <optional>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 namespace tloop_hooks {
+
+/// A metric's value as the monitors' messages show it ("0.125", "nan").
+inline std::string format_value(double v) {
+  std::ostringstream os;
+  os << v;
+  return os.str();
+}
 
 class MonitoredMetric {
  public:

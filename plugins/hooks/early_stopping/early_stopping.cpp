@@ -16,16 +16,11 @@
 #include <algorithm>
 #include <cmath>
 #include <optional>
-#include <sstream>
 #include <string>
 
 namespace {
 
-std::string format(double v) {
-  std::ostringstream os;
-  os << v;
-  return os.str();
-}
+using tloop_hooks::format_value;
 
 class EarlyStopping : public tloop::Hook {
  public:
@@ -100,16 +95,16 @@ class EarlyStopping : public tloop::Hook {
     const auto better = [&](double a, double b) { return maximize_ ? a > b : a < b; };
     if (!std::isfinite(value)) {
       if (check_finite_) {
-        stop(ctx, watched_.key() + " is " + format(value) + " at step " + std::to_string(step) + " (check_finite)");
+        stop(ctx, watched_.key() + " is " + format_value(value) + " at step " + std::to_string(step) + " (check_finite)");
         return;
       }
     } else if (stopping_threshold_ && better(value, *stopping_threshold_)) {
-      stop(ctx, watched_.key() + " = " + format(value) + " at step " + std::to_string(step) +
-                    " is better than stopping_threshold " + format(*stopping_threshold_));
+      stop(ctx, watched_.key() + " = " + format_value(value) + " at step " + std::to_string(step) +
+                    " is better than stopping_threshold " + format_value(*stopping_threshold_));
       return;
     } else if (divergence_threshold_ && better(*divergence_threshold_, value)) {
-      stop(ctx, watched_.key() + " = " + format(value) + " at step " + std::to_string(step) +
-                    " is worse than divergence_threshold " + format(*divergence_threshold_));
+      stop(ctx, watched_.key() + " = " + format_value(value) + " at step " + std::to_string(step) +
+                    " is worse than divergence_threshold " + format_value(*divergence_threshold_));
       return;
     } else if (!best_ || (maximize_ ? value > *best_ + min_delta_ : value < *best_ - min_delta_)) {
       best_ = value;
@@ -120,8 +115,8 @@ class EarlyStopping : public tloop::Hook {
     // A non-finite value (with check_finite = false) never improves.
     if (++wait_ < patience_) return;
     stop(ctx, watched_.key() + " did not improve for " + std::to_string(wait_) + " evaluation" + (wait_ == 1 ? "" : "s") +
-                  (min_delta_ > 0 ? " by more than " + format(min_delta_) : std::string()) +
-                  (best_ ? " (best " + format(*best_) + " at step " + std::to_string(best_step_) + ")" : std::string()));
+                  (min_delta_ > 0 ? " by more than " + format_value(min_delta_) : std::string()) +
+                  (best_ ? " (best " + format_value(*best_) + " at step " + std::to_string(best_step_) + ")" : std::string()));
   }
 
   void state_dict(tloop::Context&, tloop::StateWriter& out) override {
