@@ -243,7 +243,7 @@ class Checkpointing : public tloop::Hook {
         overwrite_(o.get_bool("overwrite")),
         save_on_error_(o.get_bool("save_on_error")),
         monitor_(o.get_string("monitor")),
-        maximize_(o.get_string("mode") == "max"),
+        mode_(o.get_string("mode")),
         keep_best_(o.has("keep_best") ? o.get_int("keep_best") : 1) {
     if (!monitor_.empty()) watched_.emplace(monitor_);
     if (monitor_.empty() && o.has("keep_best"))
@@ -362,7 +362,7 @@ class Checkpointing : public tloop::Hook {
   // survive pruning.
   void state_dict(tloop::Context&, tloop::StateWriter& out) override {
     out.put("monitor", monitor_);
-    out.put("mode", std::string(maximize_ ? "max" : "min"));
+    out.put("mode", mode_.name());
     out.put("best/count", static_cast<int64_t>(best_.size()));
     for (size_t i = 0; i < best_.size(); ++i) {
       const std::string key = "best/" + std::to_string(i) + "/";
@@ -378,11 +378,11 @@ class Checkpointing : public tloop::Hook {
     if (!monitor) return;  // a checkpoint from before monitors
     const std::string mode = in.get_string("mode").value_or("min");
     const int64_t count = in.get_int("best/count").value_or(0);
-    if (count > 0 && (*monitor != monitor_ || mode != (maximize_ ? "max" : "min"))) {
+    if (count > 0 && (*monitor != monitor_ || mode != mode_.name())) {
       ctx.warn("checkpointing: the checkpoint's best list ranks monitor = \"" + *monitor + "\" (mode \"" + mode +
                "\"), this run's " + (monitor_.empty() ? std::string("has no monitor")
                                                       : "monitor = \"" + monitor_ + "\" (mode \"" +
-                                                            (maximize_ ? "max" : "min") + "\")") +
+                                                            mode_.name() + "\")") +
                ": its best checkpoints are regular ones from now on, pruned like them");
       return;
     }
@@ -677,16 +677,14 @@ class Checkpointing : public tloop::Hook {
     update_best_pointer(ctx);
   }
 
-  bool better(double a, double b) const { return maximize_ ? a > b : a < b; }
-
   // Enters `value` of `step` into the best list when it belongs there:
   // strictly better than the worst kept, or fewer than keep_best kept; a NaN
   // or infinite value never does. One pushed out becomes a regular checkpoint.
   bool enters_best(tloop::Context& ctx, int64_t step, double value) {
     if (keep_best_ == 0 || !std::isfinite(value)) return false;
-    if (best_.size() >= static_cast<size_t>(keep_best_) && !better(value, best_.back().value)) return false;
+    if (best_.size() >= static_cast<size_t>(keep_best_) && !mode_.better(value, best_.back().value)) return false;
     // After every entry at least as good: an equal value ranks below an earlier one.
-    const auto at = std::find_if(best_.begin(), best_.end(), [&](const Best& b) { return better(value, b.value); });
+    const auto at = std::find_if(best_.begin(), best_.end(), [&](const Best& b) { return mode_.better(value, b.value); });
     best_.insert(at, Best{step, name_for(step), value});
     std::string out;
     if (best_.size() > static_cast<size_t>(keep_best_)) {
@@ -761,7 +759,7 @@ class Checkpointing : public tloop::Hook {
   };
   std::string monitor_;
   std::optional<tloop_hooks::MonitoredMetric> watched_;  // with a monitor
-  bool maximize_;
+  tloop_hooks::Mode mode_;
   int64_t keep_best_;
   std::vector<Best> best_;                             // best first
   std::optional<std::pair<int64_t, double>> observed_;  // this step's value of monitor

@@ -21,6 +21,20 @@ inline std::string format_value(double v) {
   return os.str();
 }
 
+/// A monitor's mode option: whether higher ("max") or lower ("min") values
+/// of its metric are better.
+class Mode {
+ public:
+  explicit Mode(const std::string& name) : maximize_(name == "max") {}
+  /// Whether `a` is strictly better than `b`.
+  bool better(double a, double b) const { return maximize_ ? a > b : a < b; }
+  bool maximize() const { return maximize_; }
+  std::string name() const { return maximize_ ? "max" : "min"; }
+
+ private:
+  bool maximize_;
+};
+
 class MonitoredMetric {
  public:
   /// Throws std::invalid_argument (bad input) for a key that is not <prefix>/<name>.

@@ -54,7 +54,7 @@ class EarlyStopping : public tloop::Hook {
 
   EarlyStopping(tloop::Context&, const tloop::Options& o)
       : watched_(o.get_string("monitor")),
-        maximize_(o.get_string("mode") == "max"),
+        mode_(o.get_string("mode")),
         patience_(o.get_int("patience")),
         min_delta_(o.get_double("min_delta")),
         check_finite_(o.get_bool("check_finite")),
@@ -92,21 +92,20 @@ class EarlyStopping : public tloop::Hook {
     const int64_t step = ctx.step();
     // Lightning's order: check_finite, stopping_threshold, divergence_threshold
     // (each a strict comparison), then patience.
-    const auto better = [&](double a, double b) { return maximize_ ? a > b : a < b; };
     if (!std::isfinite(value)) {
       if (check_finite_) {
         stop(ctx, watched_.key() + " is " + format_value(value) + " at step " + std::to_string(step) + " (check_finite)");
         return;
       }
-    } else if (stopping_threshold_ && better(value, *stopping_threshold_)) {
+    } else if (stopping_threshold_ && mode_.better(value, *stopping_threshold_)) {
       stop(ctx, watched_.key() + " = " + format_value(value) + " at step " + std::to_string(step) +
                     " is better than stopping_threshold " + format_value(*stopping_threshold_));
       return;
-    } else if (divergence_threshold_ && better(*divergence_threshold_, value)) {
+    } else if (divergence_threshold_ && mode_.better(*divergence_threshold_, value)) {
       stop(ctx, watched_.key() + " = " + format_value(value) + " at step " + std::to_string(step) +
                     " is worse than divergence_threshold " + format_value(*divergence_threshold_));
       return;
-    } else if (!best_ || (maximize_ ? value > *best_ + min_delta_ : value < *best_ - min_delta_)) {
+    } else if (!best_ || mode_.better(value, mode_.maximize() ? *best_ + min_delta_ : *best_ - min_delta_)) {
       best_ = value;
       best_step_ = step;
       wait_ = 0;
@@ -121,7 +120,7 @@ class EarlyStopping : public tloop::Hook {
 
   void state_dict(tloop::Context&, tloop::StateWriter& out) override {
     out.put("monitor", watched_.key());
-    out.put("mode", std::string(maximize_ ? "max" : "min"));
+    out.put("mode", mode_.name());
     if (best_) out.put("best", *best_);  // only finite values: state.json holds them
     out.put("best_step", best_step_);
     out.put("wait", wait_);
@@ -135,9 +134,9 @@ class EarlyStopping : public tloop::Hook {
     const std::optional<std::string> monitor = in.get_string("monitor");
     const std::string mode = in.get_string("mode").value_or("min");
     if (!monitor) return;  // no state of this hook in the checkpoint: start afresh
-    if (*monitor != watched_.key() || mode != (maximize_ ? "max" : "min")) {
+    if (*monitor != watched_.key() || mode != mode_.name()) {
       ctx.warn("early_stopping: the checkpoint watched " + *monitor + " (mode \"" + mode + "\"); this run watches " +
-               watched_.key() + " (mode \"" + (maximize_ ? "max" : "min") + "\"): starting afresh");
+               watched_.key() + " (mode \"" + mode_.name() + "\"): starting afresh");
       return;
     }
     best_ = in.get_double("best");
@@ -160,7 +159,7 @@ class EarlyStopping : public tloop::Hook {
   }
 
   tloop_hooks::MonitoredMetric watched_;
-  bool maximize_;
+  tloop_hooks::Mode mode_;
   int64_t patience_;
   double min_delta_;
   bool check_finite_, resume_stopped_;
